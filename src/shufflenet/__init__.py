@@ -1,0 +1,32 @@
+"""ShuffleNet V1 and V2, exact to the papers, with tools to measure, train and deploy them.
+
+>>> import shufflenet
+>>> model = shufflenet.create_model("shufflenet_v2_x1_0", num_classes=10)
+>>> shufflenet.profile(model).flops  # multiply-adds at 224x224
+"""
+
+from .complexity import ModelProfile, profile
+from .ops import channel_shuffle, channel_split, concat_shuffle
+from .registry import ModelInfo, Preprocessing, create_model, get_model_info, list_models
+from .v1 import ShuffleNetV1
+from .v2 import ShuffleNetV2
+from .weights import load, read_metadata, save
+
+__all__ = [
+    "ModelInfo",
+    "ModelProfile",
+    "Preprocessing",
+    "ShuffleNetV1",
+    "ShuffleNetV2",
+    "channel_shuffle",
+    "channel_split",
+    "concat_shuffle",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "load",
+    "profile",
+    "read_metadata",
+    "save",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""What every ShuffleNet network shares: stem, stages, head, feature access and weight init."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConvBNReLU", "ShuffleNetBase", "check_positive"]
+
+
+def check_positive(**values: int) -> None:
+    """Raise ``ValueError`` unless every named integer is >= 1."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> optional ReLU; keys ``0.*``, ``1.*`` like torchvision."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        relu: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ShuffleNetBase(nn.Module):
+    """Shared forward paths and head of V1 and V2.
+
+    Subclasses build ``conv1``, ``maxpool``, ``stage2``..``stage4`` (V2 adds ``conv5`` and
+    overrides :meth:`_last_conv`) and call :meth:`_build_head`. ``feature_info`` describes the
+    four feature maps that :meth:`forward_stages` returns (C2..C5, strides 4 to 32), as
+    detection necks expect.
+    """
+
+    conv1: nn.Module
+    maxpool: nn.Module
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
+    def __init__(self, in_chans: int, num_classes: int, drop_rate: float) -> None:
+        super().__init__()
+        check_positive(in_chans=in_chans)
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(
+                f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}"
+            )
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.feature_info: list[dict[str, int | str]] = []
+        self.num_features = 0
+        # How to rebuild this model: set by ``create_model``, recorded by ``shufflenet.save``.
+        self.model_config: dict[str, Any] = {}
+        # Metadata of the weights file this model was loaded from (``shufflenet.load``).
+        self.weights_metadata: dict[str, Any] = {}
+
+    # -- construction helpers -------------------------------------------------------------
+    def _build_head(self, num_features: int) -> None:
+        self.num_features = num_features
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
+        self.fc: nn.Module = self._make_classifier(self.num_classes)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _set_feature_info(self, channels: list[int]) -> None:
+        modules = ["maxpool", "stage2", "stage3", "stage4"]
+        self.feature_info = [
+            {"num_chs": c, "reduction": 4 * 2**i, "module": m}
+            for i, (c, m) in enumerate(zip(channels, modules, strict=True))
+        ]
+
+    def init_weights(self) -> None:
+        """He-normal (fan_out) convs, unit BN scale and zero shift, N(0, 0.01) classifier."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # -- public API -----------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.fc = self._make_classifier(num_classes)
+        if isinstance(self.fc, nn.Linear):
+            nn.init.normal_(self.fc.weight, 0.0, 0.01)
+            if self.fc.bias is not None:
+                nn.init.zeros_(self.fc.bias)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}"
+            )
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Feature maps C2..C5 (strides 4, 8, 16, 32), described by ``feature_info``."""
+        self._check_input(x)
+        c2 = self.maxpool(self.conv1(x))
+        c3 = self.stage2(c2)
+        c4 = self.stage3(c3)
+        c5 = self.stage4(c4)
+        return [c2, c3, c4, c5]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The feature map right before global pooling (after Conv5 in V2)."""
+        self._check_input(x)
+        x = self.maxpool(self.conv1(x))
+        x = self.stage4(self.stage3(self.stage2(x)))
+        return self._last_conv(x)
+
+    def _last_conv(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pooling, dropout and the classifier (skipped if ``pre_logits``)."""
+        x = torch.flatten(self.global_pool(x), 1)
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,112 @@
+"""Model names -> builders and the papers' numbers, like timm's ``create_model``/``list_models``.
+
+Numbers from the papers live here and nowhere else: ``shufflenet models`` prints them and the
+tests assert the built networks against them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import ShuffleNetBase
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelInfo",
+    "Preprocessing",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's input is made from an RGB image (torchvision's convention by default)."""
+
+    input_size: tuple[int, int] = (224, 224)
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 1.0 / 255.0
+    channel_order: str = "RGB"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered architecture and what the papers report for it (``None``: not reported)."""
+
+    name: str
+    family: str
+    builder: Callable[..., ShuffleNetBase]
+    description: str
+    paper_mflops: float | None = None
+    paper_params_m: float | None = None
+    paper_top1_err: float | None = None
+    reference_top1: dict[str, float] = field(default_factory=dict)
+    preprocessing: Preprocessing = Preprocessing()
+
+    @property
+    def paper_top1(self) -> float | None:
+        """The paper's top-1 accuracy in percent."""
+        return None if self.paper_top1_err is None else round(100.0 - self.paper_top1_err, 2)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(info: ModelInfo) -> ModelInfo:
+    """Add ``info`` to the registry; names are unique."""
+    if info.name in _REGISTRY:
+        raise ValueError(f"model {info.name!r} is already registered")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def _ensure_loaded() -> None:
+    # The model modules register themselves on import.
+    from . import v1, v2  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names in registry order, optionally filtered by a shell-style pattern."""
+    _ensure_loaded()
+    names = list(_REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return names
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` with suggestions."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint} (see `shufflenet models` for all names)"
+        ) from None
+
+
+def create_model(name: str, **kwargs: Any) -> ShuffleNetBase:
+    """Build the registered model ``name`` with random weights.
+
+    Keyword arguments go to the network (``num_classes``, ``in_chans``, ``drop_rate``, ...). The
+    model remembers how it was built in ``model.model_config`` so that ``shufflenet.save`` can
+    record it and ``shufflenet.load`` can rebuild it.
+    """
+    info = get_model_info(name)
+    model = info.builder(**kwargs)
+    model.model_config = {"name": name, **kwargs}
+    return model

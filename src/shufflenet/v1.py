@@ -1,0 +1,184 @@
+"""ShuffleNet V1 (Zhang et al., CVPR 2018): pointwise group convolution and channel shuffle.
+
+A unit is a residual bottleneck: 1x1 group conv, BN, ReLU, channel shuffle, 3x3 depthwise conv
+(stride 1 or 2), BN, 1x1 group conv, BN; then the identity is added (stride 1) or a 3x3
+average-pooled shortcut is concatenated (stride 2); then ReLU.
+
+Widths (:func:`v1_widths`) follow one rule. Stage 2 is ``Table 1 width x s`` rounded to the
+nearest multiple of ``4 * groups`` (so the bottleneck, a quarter of it, splits into the groups),
+Stage 3 and 4 double it. Conv1 has 24 channels for 1x <= s < 2 and 48 from 2x; below 1x it has
+``24 * s`` rounded up to a multiple of ``groups``, but no fewer than the largest multiple of
+``groups`` up to 12 (so 0.25x keeps the paper's ~13 MFLOPs). At 1x this is exactly Table 1,
+and for g=3 and g=8 at 0.5x/1.5x/2x it gives the official release's widths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from .base import ConvBNReLU, ShuffleNetBase, check_positive
+from .ops import channel_shuffle
+from .registry import ModelInfo, register_model
+
+__all__ = ["V1_STAGE2_WIDTHS", "ShuffleNetV1", "ShuffleV1Unit", "shufflenet_v1", "v1_widths"]
+
+# Table 1: output channels of Stage 2 at 1x for each number of groups.
+V1_STAGE2_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+V1_REPEATS = (4, 8, 4)
+V1_WIDTH_MULTS = {"0_25": 0.25, "0_5": 0.5, "1_0": 1.0, "1_5": 1.5, "2_0": 2.0}
+
+
+def v1_widths(groups: int, width_mult: float) -> tuple[int, int, int, int]:
+    """Output channels of Conv1 and Stages 2-4 for ``groups`` and width multiplier ``s``."""
+    if groups not in V1_STAGE2_WIDTHS:
+        raise ValueError(f"groups must be one of {sorted(V1_STAGE2_WIDTHS)}, got {groups!r}")
+    if not 0.0 < width_mult <= 4.0:
+        raise ValueError(f"width_mult must be in (0, 4], got {width_mult!r}")
+    quantum = 4 * groups
+    stage2 = max(quantum, int(V1_STAGE2_WIDTHS[groups] * width_mult / quantum + 0.5) * quantum)
+    if width_mult >= 2.0:
+        stem = 48
+    elif width_mult >= 1.0:
+        stem = 24
+    else:
+        stem = max(math.ceil(24 * width_mult / groups), 12 // groups) * groups
+    return stem, stage2, 2 * stage2, 4 * stage2
+
+
+class ShuffleV1Unit(nn.Module):
+    """The V1 unit (Fig. 2 b/c). Its bottleneck is a quarter of ``out_channels``.
+
+    Args:
+        in_channels, out_channels: unit widths; at stride 2 the branch makes
+            ``out_channels - in_channels`` channels and the pooled input fills the rest.
+        groups: groups of both 1x1 convs and of the shuffle.
+        stride: 1 (add the identity) or 2 (concat an average-pooled shortcut).
+        group_first_conv: ``False`` for the first unit of Stage 2, whose input is too narrow.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int,
+        group_first_conv: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels}"
+            )
+        branch_out = out_channels - in_channels if stride == 2 else out_channels
+        mid = out_channels // 4
+        first_groups = groups if group_first_conv else 1
+        for what, channels, g in (
+            ("input channels", in_channels, first_groups),
+            ("bottleneck channels", mid, groups),
+            ("branch output channels", branch_out, groups),
+        ):
+            if channels < 1 or channels % g:
+                raise ValueError(
+                    f"{what} ({channels}) must be a positive multiple of groups ({g}); "
+                    f"unit {in_channels} -> {out_channels} channels"
+                )
+        self.groups = groups
+        self.stride = stride
+        self.gconv1 = nn.Conv2d(in_channels, mid, 1, groups=first_groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.dwconv = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.gconv2 = nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch_out)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.relu_out = nn.ReLU(inplace=True)
+        self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.gconv1(x)))
+        out = channel_shuffle(out, self.groups)
+        out = self.bn2(self.dwconv(out))  # no ReLU after the depthwise conv
+        out = self.bn3(self.gconv2(out))
+        out = out + x if self.stride == 1 else torch.cat((self.shortcut(x), out), 1)
+        return self.relu_out(out)
+
+
+class ShuffleNetV1(ShuffleNetBase):
+    """ShuffleNet V1: Conv1, MaxPool, Stages 2-4 (1 + 3, 1 + 7, 1 + 3 units), global pool, FC.
+
+    Args:
+        groups: groups of the pointwise convolutions (1, 2, 3, 4 or 8).
+        width_mult: the paper's scale factor ``s``; widths follow :func:`v1_widths`.
+        num_classes: classifier outputs (0: no classifier).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        groups: int = 3,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__(in_chans, num_classes, drop_rate)
+        stem, *stage_widths = v1_widths(groups, width_mult)
+        self.groups = groups
+        self.width_mult = width_mult
+        self.conv1 = ConvBNReLU(in_chans, stem, 3, stride=2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_channels = stem
+        for i, (repeats, width) in enumerate(zip(V1_REPEATS, stage_widths, strict=True)):
+            units = [ShuffleV1Unit(in_channels, width, groups, 2, group_first_conv=i > 0)]
+            units += [ShuffleV1Unit(width, width, groups, 1) for _ in range(repeats - 1)]
+            setattr(self, f"stage{i + 2}", nn.Sequential(*units))
+            in_channels = width
+        self._set_feature_info([stem, *stage_widths])
+        self._build_head(in_channels)
+        self.init_weights()
+
+
+def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> ShuffleNetV1:
+    """ShuffleNet V1 with ``groups`` groups at width ``width_mult`` (see :class:`ShuffleNetV1`)."""
+    return ShuffleNetV1(groups, width_mult, **kwargs)
+
+
+# Paper complexity (MFLOPs): Table 1 at 1x, Table 2 at 0.5x/0.25x, Table 5 at 1.5x/2x (g=3).
+_PAPER_MFLOPS = {
+    **{(g, "1_0"): m for g, m in {1: 143, 2: 140, 3: 137, 4: 133, 8: 137}.items()},
+    **{(g, "0_5"): 38 for g in V1_STAGE2_WIDTHS},
+    **{(g, "0_25"): 13 for g in V1_STAGE2_WIDTHS},
+    (3, "1_5"): 292,
+    (3, "2_0"): 524,
+}
+# Table 2 (classification error, %) and Table 5 (1.5x and 2x, g=3).
+_PAPER_ERR = {
+    **dict(zip([(g, "1_0") for g in (1, 2, 3, 4, 8)], (33.6, 32.7, 32.6, 32.8, 32.4), strict=True)),
+    **dict(zip([(g, "0_5") for g in (1, 2, 3, 4, 8)], (45.1, 44.4, 43.2, 41.6, 42.3), strict=True)),
+    **dict(
+        zip([(g, "0_25") for g in (1, 2, 3, 4, 8)], (57.1, 56.8, 55.0, 54.2, 52.7), strict=True)
+    ),
+    (3, "1_5"): 28.5,
+    (3, "2_0"): 26.3,
+}
+
+for _g, (_w, _mult) in itertools.product(V1_STAGE2_WIDTHS, V1_WIDTH_MULTS.items()):
+    register_model(
+        ModelInfo(
+            name=f"shufflenet_v1_g{_g}_x{_w}",
+            family="v1",
+            builder=partial(shufflenet_v1, _g, _mult),
+            description=f"ShuffleNet V1 {_mult}x, g={_g}",
+            paper_mflops=_PAPER_MFLOPS.get((_g, _w)),
+            paper_top1_err=_PAPER_ERR.get((_g, _w)),
+        )
+    )

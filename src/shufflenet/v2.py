@@ -1,0 +1,174 @@
+"""ShuffleNet V2 (Ma et al., ECCV 2018), with torchvision's module names and shapes.
+
+A stride-1 unit splits the channels in two, keeps one half as the identity and runs
+1x1 conv -> 3x3 depthwise -> 1x1 conv on the other; the halves are concatenated and shuffled
+with two groups. A stride-2 unit feeds the whole input to both branches and doubles the width.
+``ours.load_state_dict(torchvision_model.state_dict())`` works with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .base import ConvBNReLU, ShuffleNetBase, check_positive
+from .ops import channel_split, concat_shuffle
+from .registry import ModelInfo, Preprocessing, register_model
+
+__all__ = [
+    "V2_WIDTHS",
+    "InvertedResidual",
+    "ShuffleNetV2",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+]
+
+# Table 5: output channels of Conv1, Stage2, Stage3, Stage4 and Conv5.
+V2_WIDTHS: dict[str, tuple[int, int, int, int, int]] = {
+    "0_5": (24, 48, 96, 192, 1024),
+    "1_0": (24, 116, 232, 464, 1024),
+    "1_5": (24, 176, 352, 704, 1024),
+    "2_0": (24, 244, 488, 976, 2048),
+}
+V2_REPEATS = (4, 8, 4)
+
+
+def _depthwise(channels: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
+
+
+class InvertedResidual(nn.Module):
+    """The V2 unit (Fig. 3 c/d): split or not, branch(es), concat, shuffle with 2 groups."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if out_channels % 2:
+            raise ValueError(f"output channels must be even to split in halves, got {out_channels}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
+            )
+        self.stride = stride
+        half = out_channels // 2
+        if stride == 2:
+            self.branch1 = nn.Sequential(
+                _depthwise(in_channels, stride),
+                nn.BatchNorm2d(in_channels),
+                nn.Conv2d(in_channels, half, 1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
+            )
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(in_channels if stride == 2 else half, half, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            _depthwise(half, stride),
+            nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            identity, x = channel_split(x)
+            return concat_shuffle(identity, self.branch2(x))
+        return concat_shuffle(self.branch1(x), self.branch2(x))
+
+
+class ShuffleNetV2(ShuffleNetBase):
+    """ShuffleNet V2: Conv1, MaxPool, three stages of units, Conv5, global pool, FC.
+
+    Args:
+        stages_repeats: units per stage (the first of each has stride 2).
+        stages_out_channels: widths of Conv1, Stage2, Stage3, Stage4 and Conv5.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        stages_repeats: Sequence[int] = V2_REPEATS,
+        stages_out_channels: Sequence[int] = V2_WIDTHS["1_0"],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__(in_chans, num_classes, drop_rate)
+        if len(stages_repeats) != 3:
+            raise ValueError(f"stages_repeats needs 3 values, got {list(stages_repeats)}")
+        if len(stages_out_channels) != 5:
+            raise ValueError(f"stages_out_channels needs 5 values, got {list(stages_out_channels)}")
+        check_positive(**{f"stages_repeats[{i}]": r for i, r in enumerate(stages_repeats)})
+        check_positive(
+            **{f"stages_out_channels[{i}]": c for i, c in enumerate(stages_out_channels)}
+        )
+        stem, *stage_widths, last = stages_out_channels
+
+        self.conv1 = ConvBNReLU(in_chans, stem, 3, stride=2)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_channels = stem
+        for i, (repeats, width) in enumerate(zip(stages_repeats, stage_widths, strict=True)):
+            units = [InvertedResidual(in_channels, width, 2)]
+            units += [InvertedResidual(width, width, 1) for _ in range(repeats - 1)]
+            setattr(self, f"stage{i + 2}", nn.Sequential(*units))
+            in_channels = width
+        self.conv5 = ConvBNReLU(in_channels, last, 1)
+        self._set_feature_info([stem, *stage_widths])
+        self._build_head(last)
+        self.init_weights()
+
+    def _last_conv(self, x: Tensor) -> Tensor:
+        return self.conv5(x)
+
+
+def _v2(width: str, **kwargs) -> ShuffleNetV2:
+    return ShuffleNetV2(V2_REPEATS, V2_WIDTHS[width], **kwargs)
+
+
+def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 0.5x: 41 MFLOPs, 1.4M weights, 39.7% top-1 error (paper)."""
+    return _v2("0_5", **kwargs)
+
+
+def shufflenet_v2_x1_0(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 1x: 146 MFLOPs, 2.3M weights, 30.6% top-1 error (paper)."""
+    return _v2("1_0", **kwargs)
+
+
+def shufflenet_v2_x1_5(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 1.5x: 299 MFLOPs, 3.5M weights, 27.4% top-1 error (paper)."""
+    return _v2("1_5", **kwargs)
+
+
+def shufflenet_v2_x2_0(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 2x: 591 MFLOPs, 7.4M weights, 25.1% top-1 error (paper)."""
+    return _v2("2_0", **kwargs)
+
+
+# Table 5 / Table 8 of the paper, torchvision's published top-1 and its resize for each width.
+for _builder, _mflops, _params, _err, _tv_top1, _resize in (
+    (shufflenet_v2_x0_5, 41, 1.4, 39.7, 60.552, 256),
+    (shufflenet_v2_x1_0, 146, 2.3, 30.6, 69.362, 256),
+    (shufflenet_v2_x1_5, 299, 3.5, 27.4, 72.996, 232),
+    (shufflenet_v2_x2_0, 591, 7.4, 25.1, 76.230, 232),
+):
+    register_model(
+        ModelInfo(
+            name=_builder.__name__,
+            family="v2",
+            builder=_builder,
+            description=f"ShuffleNet V2 {_builder.__name__[-3:].replace('_', '.')}x",
+            paper_mflops=_mflops,
+            paper_params_m=_params,
+            paper_top1_err=_err,
+            reference_top1={"torchvision": _tv_top1},
+            preprocessing=Preprocessing(resize=_resize),
+        )
+    )

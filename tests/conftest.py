@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
