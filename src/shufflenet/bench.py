@@ -1,0 +1,464 @@
+"""Direct speed measurement: latency of models across engines, batch sizes and devices.
+
+An *engine* turns a model into something that runs a batch: ``eager`` PyTorch, ``channels_last``
+(NHWC memory format), ``compile`` (``torch.compile``), ``onnxruntime`` (an ONNX export run by ONNX
+Runtime with all graph optimisations on and the thread count set, as a user would run it) and
+``openvino`` when that package is installed. Every runner is warmed up, then timed ``runs`` times:
+with ``time.perf_counter`` on the CPU, with CUDA events after a synchronisation on the GPU.
+Runners measured together are interleaved in a few rounds (each round re-warms a runner with one
+untimed call) so that ratios between them are taken under the same machine load. Statistics are
+the median and the interquartile range.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .baselines import (
+    BASELINES,
+    build_model,
+    build_torchvision_counterpart,
+    expand_model_names,
+    model_card,
+)
+from .complexity import profile
+
+__all__ = [
+    "ENGINES",
+    "BenchConfig",
+    "BenchRecord",
+    "BenchResult",
+    "Timing",
+    "available_engines",
+    "check_device",
+    "export_onnx",
+    "machine_info",
+    "make_engine",
+    "measure",
+    "run_bench",
+    "torch_threads",
+]
+
+ENGINES = ("eager", "channels_last", "compile", "onnxruntime", "openvino")
+K = TypeVar("K")
+TimedRun = Callable[[], float]  # runs the model once on a bound input, returns milliseconds
+Engine = Callable[[Tensor], TimedRun]  # binds an input batch
+
+
+def available_engines() -> tuple[str, ...]:
+    """The engines this installation can run (``openvino`` only when it is importable)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return ENGINES[:-1]
+    return ENGINES
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency samples of one runner, in milliseconds."""
+
+    samples_ms: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.samples_ms:
+            raise ValueError("a Timing needs at least one sample")
+
+    @property
+    def median_ms(self) -> float:
+        return float(statistics.median(self.samples_ms))
+
+    @property
+    def p25_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 25))
+
+    @property
+    def p75_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 75))
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.p75_ms - self.p25_ms
+
+    def images_per_s(self, batch_size: int) -> float:
+        """Throughput at the median latency."""
+        return 1000.0 * batch_size / self.median_ms
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Set PyTorch's intra-op thread count for the block (``None``: leave it); yields it."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timed(run: Callable[[], object], cuda_events: bool) -> TimedRun:
+    if cuda_events:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+
+        def timed_cuda() -> float:
+            torch.cuda.synchronize()
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+
+        return timed_cuda
+
+    def timed_cpu() -> float:
+        t0 = time.perf_counter()
+        run()
+        return (time.perf_counter() - t0) * 1e3
+
+    return timed_cpu
+
+
+def measure(
+    runs_by_key: Mapping[K, TimedRun], *, runs: int, warmup: int, rounds: int = 5
+) -> dict[K, Timing]:
+    """Warm up every runner, then time each ``runs`` times in interleaved rounds.
+
+    Call it under ``torch.inference_mode()`` for PyTorch engines.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for timed in runs_by_key.values():
+        for _ in range(warmup):
+            timed()
+    rounds = max(1, min(rounds, runs))
+    samples: dict[K, list[float]] = {key: [] for key in runs_by_key}
+    for r in range(rounds):
+        n = runs // rounds + (r < runs % rounds)
+        for key, timed in runs_by_key.items():
+            timed()  # re-warm caches after the other runners
+            samples[key] += [timed() for _ in range(n)]
+    return {key: Timing(tuple(s)) for key, s in samples.items()}
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: Tensor) -> Path:
+    """Write the ONNX file that the ``onnxruntime`` and ``openvino`` engines run.
+
+    Opset 17, one input ``input`` and one output ``output``, dynamic batch axis.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    return Path(path)
+
+
+def _torch_engine(model: nn.Module, engine: str, device: str) -> Engine:
+    memory_format = torch.channels_last if engine == "channels_last" else torch.contiguous_format
+    if engine == "channels_last" or device != "cpu":  # ``Module.to`` works in place: copy first
+        model = copy.deepcopy(model).to(device).to(memory_format=memory_format)
+    model.eval()
+    fn = torch.compile(model, dynamic=False) if engine == "compile" else model
+
+    def bind(x: Tensor) -> TimedRun:
+        x = x.to(device).contiguous(memory_format=memory_format)
+        return _timed(lambda: fn(x), cuda_events=device == "cuda")
+
+    return bind
+
+
+def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(
+                "onnxruntime has no CUDAExecutionProvider here; install onnxruntime-gpu "
+                "or bench the onnxruntime engine with --device cpu"
+            )
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(onnx_file), options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def bind(x: Tensor) -> TimedRun:
+        feed = {input_name: x.detach().cpu().numpy()}
+        return _timed(lambda: session.run(None, feed), cuda_events=False)
+
+    return bind
+
+
+def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
+    if device != "cpu":
+        raise ValueError("the openvino engine runs on the CPU only; use --device cpu")
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(
+        core.read_model(str(onnx_file)), "CPU", config
+    ).create_infer_request()
+
+    def bind(x: Tensor) -> TimedRun:
+        data = x.detach().cpu().numpy()
+        return _timed(lambda: request.infer({0: data}, share_inputs=True), cuda_events=False)
+
+    return bind
+
+
+def make_engine(
+    model: nn.Module,
+    engine: str,
+    *,
+    example: Tensor,
+    device: str = "cpu",
+    threads: int | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+) -> Engine:
+    """Prepare ``model`` for ``engine``; the result binds an input and returns a timed run.
+
+    ``model`` stays unchanged on the CPU. ``example`` (on the CPU) fixes the input layout of the
+    ONNX export, written into ``workdir`` (by default a fresh temporary folder, which the caller
+    may remove once done).
+    """
+    if engine not in available_engines():
+        raise ValueError(_unknown_engine(engine))
+    if engine in ("eager", "channels_last", "compile"):
+        return _torch_engine(model, engine, device)
+    onnx_file = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir)) / "model.onnx"
+    export_onnx(model.eval(), onnx_file, example)
+    if engine == "onnxruntime":
+        return _onnxruntime_engine(onnx_file, device, threads)
+    return _openvino_engine(onnx_file, device, threads)
+
+
+def _unknown_engine(engine: str) -> str:
+    if engine == "openvino":
+        return "the openvino engine needs the openvino package: pip install openvino"
+    return f"unknown engine {engine!r}; choose from {', '.join(available_engines())}"
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` is ``cpu``, or ``cuda`` with a GPU present."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: PyTorch sees no CUDA GPU on this machine")
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """The machine and software a measurement came from."""
+    import onnxruntime
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if "openvino" in available_engines():
+        import openvino
+
+        info["openvino"] = openvino.__version__
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+@dataclass
+class BenchConfig:
+    """What to time: models (names or shell patterns, baselines included) x engines x batches."""
+
+    models: Sequence[str]
+    engines: Sequence[str] = ("eager",)
+    batch_sizes: Sequence[int] = (1,)
+    input_size: tuple[int, int] = (224, 224)
+    threads: int | None = None
+    device: str = "cpu"
+    runs: int = 30
+    warmup: int = 5
+    compare: str | None = None  # "torchvision": also time torchvision's V2 in the same run
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with an actionable message for any bad setting."""
+        if not self.models:
+            raise ValueError("give at least one model (see `shufflenet models`)")
+        if not self.engines:
+            raise ValueError(f"give at least one engine: {', '.join(available_engines())}")
+        for engine in self.engines:
+            if engine not in available_engines():
+                raise ValueError(_unknown_engine(engine))
+        if not self.batch_sizes or any(
+            not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes
+        ):
+            raise ValueError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        if len(self.input_size) != 2 or min(self.input_size) < 32:
+            raise ValueError(f"input size must be at least 32x32, got {self.input_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        check_device(self.device)
+        if self.runs < 1 or self.warmup < 0:
+            raise ValueError(f"need runs >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+        if self.compare not in (None, "torchvision"):
+            raise ValueError(f"--compare takes only 'torchvision', got {self.compare!r}")
+
+
+@dataclass
+class BenchRecord:
+    """The latency of one (model, implementation, engine, batch size)."""
+
+    model: str
+    implementation: str  # "shufflenet" (this package) or "torchvision"
+    engine: str
+    batch_size: int
+    input_size: tuple[int, int]
+    device: str
+    threads: int
+    runs: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    iqr_ms: float
+    images_per_s: float
+    mflops: float  # multiply-adds per image, counted by ``shufflenet.profile``
+    top1: float | None
+    top1_source: str | None
+    speedup_vs_torchvision: float | None = None  # torchvision's median / ours, same run
+
+
+@dataclass
+class BenchResult:
+    """Records plus the machine and settings they came from."""
+
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    records: list[BenchRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Time every (model, engine, batch size) of ``config`` on this machine."""
+    config.validate()
+    names = expand_model_names(list(config.models))
+    note = progress or (lambda _msg: None)
+    subjects: list[tuple[str, str, nn.Module]] = []
+    for name in names:
+        impl = "torchvision" if name in BASELINES else "shufflenet"
+        subjects.append((name, impl, build_model(name)))
+        if config.compare and impl == "shufflenet" and model_card(name).family == "v2":
+            subjects.append((name, "torchvision", build_torchvision_counterpart(name)))
+    if config.compare and len(subjects) == len(names):
+        raise ValueError("--compare torchvision needs at least one ShuffleNet V2 model")
+    h, w = config.input_size
+    mflops = {(n, i): profile(m, (3, h, w)).flops / 1e6 for n, i, m in subjects}
+    result = BenchResult(machine_info(config.device), _config_dict(config, names))
+    with ExitStack() as stack:
+        threads = stack.enter_context(torch_threads(config.threads))
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="shufflenet-bench-"))
+        example = torch.randn(1, 3, h, w)
+        engines: dict[tuple[str, str, str], Engine] = {}
+        for name, impl, model in subjects:
+            for engine in config.engines:
+                note(f"preparing {name} ({impl}) for {engine}")
+                engines[name, impl, engine] = make_engine(
+                    model,
+                    engine,
+                    example=example,
+                    device=config.device,
+                    threads=config.threads,
+                    workdir=workdir,
+                )
+        for batch in config.batch_sizes:
+            x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+            note(f"batch {batch}: timing {len(engines)} runners, {config.runs} runs each")
+            try:
+                with torch.inference_mode():
+                    timings = measure(
+                        {key: bind(x) for key, bind in engines.items()},
+                        runs=config.runs,
+                        warmup=config.warmup,
+                    )
+            except RuntimeError as e:
+                raise ValueError(f"a model failed at batch {batch}, input {h}x{w}: {e}") from e
+            for (name, impl, engine), t in timings.items():
+                card = model_card(name)
+                result.records.append(
+                    BenchRecord(
+                        model=name,
+                        implementation=impl,
+                        engine=engine,
+                        batch_size=batch,
+                        input_size=(h, w),
+                        device=config.device,
+                        threads=config.threads or threads,
+                        runs=config.runs,
+                        median_ms=t.median_ms,
+                        p25_ms=t.p25_ms,
+                        p75_ms=t.p75_ms,
+                        iqr_ms=t.iqr_ms,
+                        images_per_s=t.images_per_s(batch),
+                        mflops=mflops[name, impl],
+                        top1=card.top1,
+                        top1_source=card.top1_source,
+                    )
+                )
+    _add_speedups(result.records)
+    return result
+
+
+def _add_speedups(records: list[BenchRecord]) -> None:
+    tv = {
+        (r.model, r.engine, r.batch_size): r.median_ms
+        for r in records
+        if r.implementation == "torchvision" and r.model not in BASELINES
+    }
+    for r in records:
+        key = (r.model, r.engine, r.batch_size)
+        if r.implementation == "shufflenet" and key in tv:
+            r.speedup_vs_torchvision = tv[key] / r.median_ms
+
+
+def _config_dict(config: BenchConfig, names: list[str]) -> dict[str, Any]:
+    data = asdict(config)
+    data["models"] = names
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
