@@ -1,0 +1,435 @@
+"""Shuffle-free inference graphs: exact rewrites of V1 and V2 that move no data they need not.
+
+**V2** (torchvision layout). A unit's concat + shuffle + split only reorders channels, and every
+convolution that reads the result is a 1x1 or depthwise conv, which accepts its input channels in
+any order once its weights are permuted to match. :class:`FastShuffleNetV2` therefore has no
+Split, Transpose or Reshape at all:
+
+* every channel of a stage is labelled by its *producer* (a branch of the stride-2 unit or of a
+  stride-1 unit) and its index there; running the split/concat/shuffle semantics on these labels
+  says which *consumer* reads each channel: the right half of a later stride-1 unit, or the stage
+  output (read by the next stride-2 unit or Conv5). Each channel is read once within a stage;
+* a producer's last 1x1 conv emits its rows grouped by consumer, as separate chunks. Chunks are
+  padded with zero rows to ``chunk_align`` (ONNX Runtime keeps a Concat in its blocked NCHWc
+  layout only when every input is 16-aligned), and rows for consumers more than ``horizon``
+  units ahead share one "tail" chunk that each of them reads whole;
+* a consumer concatenates the chunks it needs, in any order, and its first conv gets weight
+  columns in that physical order (zero for padding and for channels meant for others). Its own
+  output is in natural order again. The next stride-2 unit and Conv5 absorb the stage output's
+  order the same way (the depthwise conv per channel, the 1x1 convs per column).
+
+Zero rows give exact zeros after ReLU and zero columns add exact zeros, so the rewrite computes
+the same function as the original; only BatchNorm folding (in float64) rounds differently.
+
+**V1.** A depthwise conv commutes with a channel permutation (permute its per-channel weights),
+so the paper unit's shuffle moves after the depthwise conv, where stride-2 units shuffle 4x fewer
+values; it stays an explicit reshape/transpose because no order makes both group convs block
+diagonal. In an ONNX export the reshape has constant shapes (no shape subgraph).
+
+Megvii-layout V2 is not rewritten (:func:`fastpath_support` says why); exports fall back to the
+plain BatchNorm-folded graph for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .deploy import fuse_bn
+from .ops import channel_shuffle
+from .v1 import ShuffleNetV1, ShuffleV1Unit
+from .v2 import InvertedResidual, ShuffleNetV2
+
+__all__ = [
+    "EAGER",
+    "ONNXRUNTIME",
+    "OPENVINO",
+    "FastPathOptions",
+    "FastShuffleNetV2",
+    "StaticShuffleV1Unit",
+    "fast_model",
+    "fastpath_support",
+]
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    """How :class:`FastShuffleNetV2` lays out its channels (all layouts compute the same).
+
+    Args:
+        chunk_align: pad every emitted chunk to a multiple of this many channels.
+        branch_align: pad the width inside each branch (1x1 -> depthwise -> 1x1).
+        stem_align: pad Conv1's output channels (and so the MaxPool and Stage 2's input).
+        horizon: a chunk of its own only for consumers at most this many units ahead of the
+            producer; farther consumers (and the stage output) share one tail chunk.
+        split: emit all chunks of a producer from one conv followed by a split, instead of one
+            conv per chunk.
+    """
+
+    chunk_align: int = 16
+    branch_align: int = 16
+    stem_align: int = 32
+    horizon: int = 3
+    split: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_align", "branch_align", "stem_align", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# Measured best on ONNX Runtime (all-NCHWc graph), OpenVINO (in-place concat/split: fewer, larger
+# convs) and PyTorch eager (oneDNN: no padding, one conv per producer).
+ONNXRUNTIME = FastPathOptions()
+OPENVINO = FastPathOptions(chunk_align=1, horizon=1000, split=True)
+EAGER = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, horizon=1000, split=True)
+
+
+def fastpath_support(model: nn.Module) -> str | None:
+    """``None`` if :func:`fast_model` rewrites ``model``, else the reason it does not."""
+    if isinstance(model, ShuffleNetV2):
+        if model.layout != "torchvision":
+            return "megvii-layout V2 units have no shuffle to absorb"
+        return None
+    if isinstance(model, ShuffleNetV1):
+        return None
+    return f"{type(model).__name__} is not a ShuffleNet V1 or V2 model"
+
+
+def fast_model(model: nn.Module, options: FastPathOptions = ONNXRUNTIME) -> nn.Module:
+    """An eval-mode, BatchNorm-folded, shuffle-free copy of ``model`` (V1 or V2).
+
+    ``options`` applies to V2 only. Raises ``ValueError`` for models :func:`fastpath_support`
+    rejects.
+    """
+    reason = fastpath_support(model)
+    if reason is not None:
+        raise ValueError(f"no fast path: {reason}")
+    if isinstance(model, ShuffleNetV2):
+        return FastShuffleNetV2(model, options)
+    fused = fuse_bn(model)
+    for name, unit in list(fused.named_modules()):
+        if isinstance(unit, ShuffleV1Unit):
+            parent, _, child = name.rpartition(".")
+            setattr(fused.get_submodule(parent), child, StaticShuffleV1Unit(unit))
+    return fused
+
+
+# -- V1 -------------------------------------------------------------------------------------
+def _static_shuffle(x: Tensor, groups: int) -> Tensor:
+    """``channel_shuffle`` whose ONNX form is Reshape/Transpose/Reshape with constant shapes."""
+    if not torch.onnx.is_in_onnx_export():
+        return channel_shuffle(x, groups)
+    # ``int`` turns traced sizes into constants: only the batch axis stays dynamic (-1).
+    c, h, w = (int(s) for s in x.shape[1:])
+    x = x.reshape(-1, groups, c // groups, h * w).transpose(1, 2)
+    return x.reshape(-1, c, h, w)
+
+
+class StaticShuffleV1Unit(nn.Module):
+    """A BatchNorm-folded V1 unit whose shuffle runs after the depthwise conv.
+
+    For the paper layout ``dw(shuffle(x)) = shuffle(dw'(x))`` where ``dw'`` gives channel ``p``
+    the weights of the shuffled position of ``p``. The megvii layout already shuffles there.
+    """
+
+    def __init__(self, unit: ShuffleV1Unit) -> None:
+        super().__init__()
+        self.stride = unit.stride
+        self.gconv1 = copy.deepcopy(unit.gconv1)
+        self.gconv2 = copy.deepcopy(unit.gconv2)
+        self.shortcut = copy.deepcopy(unit.shortcut)
+        mid = unit.dwconv.in_channels
+        if unit.layout == "paper":
+            self.shuffle_groups = unit.groups
+            # shuffled position of unshuffled channel p: p = j * (mid / g) + k -> k * g + j
+            position = torch.arange(mid).view(unit.groups, -1).t().flatten().argsort()
+        else:
+            self.shuffle_groups = mid // unit.groups
+            position = torch.arange(mid)
+        w, b = _conv_params(unit.dwconv)
+        self.dwconv = _conv(w[position], b[position], unit.stride, groups=mid)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.dwconv(F.relu(self.gconv1(x)))
+        if self.shuffle_groups > 1:
+            out = _static_shuffle(out, self.shuffle_groups)
+        out = self.gconv2(out)
+        out = out + x if self.stride == 1 else torch.cat((self.shortcut(x), out), 1)
+        return F.relu(out)
+
+
+# -- V2: the channel bookkeeping ----------------------------------------------------------------
+Label = tuple[int, int]  # (producer, channel); producers 0/1: stride-2 branch1/2, k + 1: unit k
+Chunk = tuple[int, list[Label | None]]  # a slot and the label of each channel (None: padding)
+
+
+def _stage_routes(half: int, units: int) -> tuple[list[list[Label]], list[Label]]:
+    """What each stride-1 unit's right half reads, and the stage output, in logical order."""
+    y = [label for i in range(half) for label in ((0, i), (1, i))]
+    reads = []
+    for k in range(1, units):
+        left, right = y[:half], y[half:]
+        reads.append(right)
+        y = [label for i in range(half) for label in (left[i], (k + 1, i))]
+    return reads, y
+
+
+def _logical_indices(index: dict[Label, int], labels: Sequence[Label | None]) -> list[int]:
+    """Each physical channel's position in a consumer's logical input (-1: not read)."""
+    return [-1 if lab is None else index.get(lab, -1) for lab in labels]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _conv(weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    out_channels, in_per_group, k, _ = weight.shape
+    conv = nn.Conv2d(in_per_group * groups, out_channels, k, stride, k // 2, groups=groups)
+    conv.weight = nn.Parameter(weight.detach().clone())
+    conv.bias = nn.Parameter(bias.detach().clone())
+    return conv
+
+
+def _conv_params(conv: nn.Module) -> tuple[Tensor, Tensor]:
+    assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+    return conv.weight.detach().clone(), conv.bias.detach().clone()
+
+
+def _pad_rows(weight: Tensor, bias: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    extra = rows - weight.shape[0]
+    return F.pad(weight, (0, 0, 0, 0, 0, 0, 0, extra)), F.pad(bias, (0, extra))
+
+
+def _pad_columns(weight: Tensor, columns: int) -> Tensor:
+    return F.pad(weight, (0, 0, 0, 0, 0, columns - weight.shape[1]))
+
+
+def _gather_columns(weight: Tensor, physical: Sequence[int]) -> Tensor:
+    """Input columns of a 1x1 conv in physical order; index -1 gives a zero column."""
+    index = torch.tensor([max(i, 0) for i in physical])
+    keep = torch.tensor([i >= 0 for i in physical], dtype=weight.dtype).view(1, -1, 1, 1)
+    return weight[:, index] * keep
+
+
+def _gather_channels(
+    weight: Tensor, bias: Tensor, physical: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """A depthwise conv's per-channel weights in physical order (-1: zero channel)."""
+    index = torch.tensor([max(i, 0) for i in physical])
+    keep = torch.tensor([i >= 0 for i in physical], dtype=weight.dtype)
+    return weight[index] * keep.view(-1, 1, 1, 1), bias[index] * keep
+
+
+class _Step(nn.Module):
+    """Concatenate some slots, run ``body``, then ``heads`` (1x1 conv + ReLU each) into slots.
+
+    Without heads the body's output fills the single output slot. With ``split`` a single head
+    makes all chunks and a channel split cuts it.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[int],
+        body: nn.Module,
+        outputs: Sequence[int],
+        heads: Sequence[nn.Module] = (),
+        split: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.body = body
+        self.heads = nn.ModuleList(heads)
+        self.split = tuple(split)
+        self.release: tuple[int, ...] = ()  # slots read for the last time here
+
+    def forward(self, slots: list[Tensor | None]) -> None:
+        parts = [slots[i] for i in self.inputs]
+        for i in self.release:
+            slots[i] = None
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # type: ignore[arg-type]
+        x = self.body(x)
+        if not self.heads:
+            chunks = [x]
+        elif self.split:
+            chunks = list(torch.split(self.heads[0](x), list(self.split), 1))
+        else:
+            chunks = [head(x) for head in self.heads]
+        for i, chunk in zip(self.outputs, chunks, strict=True):
+            slots[i] = chunk
+
+
+def _conv_relu(weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(_conv(weight, bias, stride, groups), nn.ReLU(inplace=True))
+
+
+class _Planner:
+    """Builds the steps of :class:`FastShuffleNetV2` stage by stage."""
+
+    def __init__(self, options: FastPathOptions) -> None:
+        self.options = options
+        self.steps: list[_Step] = []
+        self.slots = 1  # slot 0 holds the network input
+
+    def new_slot(self) -> int:
+        self.slots += 1
+        return self.slots - 1
+
+    def add(
+        self,
+        inputs: Sequence[int],
+        body: nn.Module,
+        heads: Sequence[nn.Module] = (),
+        split: Sequence[int] = (),
+        count: int = 1,
+    ) -> list[int]:
+        """Append a step writing ``count`` new slots; returns them."""
+        outputs = [self.new_slot() for _ in range(count)]
+        self.steps.append(_Step(inputs, body, outputs, heads, split))
+        return outputs
+
+    def join(self, chunks: Sequence[Chunk]) -> Chunk:
+        """One slot holding the concatenation of ``chunks`` (slot, physical labels)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        (slot,) = self.add([s for s, _ in chunks], nn.Identity())
+        return slot, [label for _, labels in chunks for label in labels]
+
+    def emit(
+        self,
+        inputs: Sequence[int],
+        body: nn.Module,
+        weight: Tensor,
+        bias: Tensor,
+        producer: int,
+        position: int,
+        consumer_of: dict[Label, int],
+        end: int,
+        routes: dict[int, list[Chunk]],
+    ) -> None:
+        """A producer: ``body`` then its last 1x1 conv (logical rows), emitted as chunks."""
+        opts = self.options
+        groups: dict[int, list[int]] = defaultdict(list)
+        for row in range(weight.shape[0]):
+            consumer = consumer_of[(producer, row)]
+            far = consumer == end or consumer - position > opts.horizon
+            groups[end if far else consumer].append(row)
+        chunks = []
+        for key in sorted(groups):
+            rows = groups[key]
+            size = _round_up(len(rows), opts.chunk_align)
+            w, b = _pad_rows(weight[rows], bias[rows], size)
+            labels: list[Label | None] = [(producer, r) for r in rows] + [None] * (size - len(rows))
+            chunks.append((w, b, labels))
+        if opts.split and len(chunks) > 1:
+            head = _conv_relu(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+            sizes = [len(labels) for _, _, labels in chunks]
+            slots = self.add(inputs, body, [head], sizes, len(chunks))
+        else:
+            heads = [_conv_relu(w, b) for w, b, _ in chunks]
+            slots = self.add(inputs, body, heads, count=len(chunks))
+        for slot, (_, _, labels) in zip(slots, chunks, strict=True):
+            for consumer in sorted({consumer_of[lab] for lab in labels if lab is not None}):
+                routes[consumer].append((slot, labels))
+
+    def stage(self, units: nn.Sequential, slot: int, physical: list[int]) -> tuple[int, list[int]]:
+        """Plan one stage whose input is ``slot`` with logical channel ``physical[j]`` (-1: pad).
+
+        Returns the slot of the stage output and its physical-to-logical channel map.
+        """
+        opts = self.options
+        first = units[0]
+        assert isinstance(first, InvertedResidual)
+        half = _conv_params(first.branch2[5])[0].shape[0]
+        width = _round_up(half, opts.branch_align)
+        reads, output = _stage_routes(half, len(units))
+        end = len(units)
+        consumer_of = {lab: k + 1 for k, right in enumerate(reads) for lab in right}
+        consumer_of.update({lab: end for lab in output})
+        routes: dict[int, list[Chunk]] = defaultdict(list)
+
+        # stride-2 unit: branch1 = dw (per physical channel) -> 1x1; branch2 = 1x1 -> dw -> 1x1
+        dw_w, dw_b = _gather_channels(*_conv_params(first.branch1[0]), physical)
+        w, b = _conv_params(first.branch1[2])
+        dw = _conv(dw_w, dw_b, 2, groups=len(physical))
+        self.emit([slot], dw, _gather_columns(w, physical), b, 0, 0, consumer_of, end, routes)
+        w, b = _conv_params(first.branch2[0])
+        body = self._branch_body(_gather_columns(w, physical), b, first.branch2[3], width, 2)
+        w, b = _conv_params(first.branch2[5])
+        self.emit([slot], body, _pad_columns(w, width), b, 1, 0, consumer_of, end, routes)
+
+        for k in range(1, len(units)):
+            unit = units[k]
+            assert isinstance(unit, InvertedResidual)
+            index = {lab: i for i, lab in enumerate(reads[k - 1])}
+            physical_k = _logical_indices(index, [lab for _, labs in routes[k] for lab in labs])
+            w, b = _conv_params(unit.branch2[0])
+            body = self._branch_body(_gather_columns(w, physical_k), b, unit.branch2[3], width, 1)
+            w, b = _conv_params(unit.branch2[5])
+            inputs = [s for s, _ in routes[k]]
+            self.emit(inputs, body, _pad_columns(w, width), b, k + 1, k, consumer_of, end, routes)
+
+        index = {lab: i for i, lab in enumerate(output)}
+        slot, labels = self.join(routes[end])
+        return slot, _logical_indices(index, labels)
+
+    @staticmethod
+    def _branch_body(
+        w1: Tensor, b1: Tensor, depthwise: nn.Module, width: int, stride: int
+    ) -> nn.Sequential:
+        """1x1 conv + ReLU -> depthwise conv, padded to ``width`` channels."""
+        dw_w, dw_b = _pad_rows(*_conv_params(depthwise), width)
+        return nn.Sequential(
+            *_conv_relu(*_pad_rows(w1, b1, width)), _conv(dw_w, dw_b, stride, groups=width)
+        )
+
+
+class FastShuffleNetV2(nn.Module):
+    """The shuffle-free form of a torchvision-layout :class:`ShuffleNetV2` (see module doc).
+
+    The network is a list of steps over numbered slots: slot 0 is the input, each step
+    concatenates some slots, runs convolutions and writes its chunks into new slots.
+    """
+
+    def __init__(self, model: ShuffleNetV2, options: FastPathOptions = ONNXRUNTIME) -> None:
+        super().__init__()
+        if model.layout != "torchvision":
+            raise ValueError("FastShuffleNetV2 needs a torchvision-layout ShuffleNetV2")
+        fused = cast(ShuffleNetV2, fuse_bn(model))
+        planner = _Planner(options)
+        w, b = _conv_params(fused.conv1[0])  # type: ignore[index]
+        stem = _round_up(w.shape[0], options.stem_align)
+        body = nn.Sequential(*_conv_relu(*_pad_rows(w, b, stem), 2), nn.MaxPool2d(3, 2, 1))
+        (slot,) = planner.add([0], body)
+        physical = list(range(w.shape[0])) + [-1] * (stem - w.shape[0])
+        for stage in (fused.stage2, fused.stage3, fused.stage4):
+            slot, physical = planner.stage(stage, slot, physical)
+        w, b = _conv_params(fused.conv5[0])  # type: ignore[index]
+        (self.features_slot,) = planner.add([slot], _conv_relu(_gather_columns(w, physical), b))
+        self.steps = nn.ModuleList(planner.steps)
+        self.slots = planner.slots
+        last_read = {i: n for n, step in enumerate(planner.steps) for i in step.inputs}
+        for n, step in enumerate(planner.steps):
+            step.release = tuple(i for i in step.inputs if last_read[i] == n)
+        self.global_pool = fused.global_pool
+        self.dropout = fused.dropout
+        self.fc = fused.fc
+        self.options = options
+
+    def forward(self, x: Tensor) -> Tensor:
+        slots: list[Tensor | None] = [None] * self.slots
+        slots[0] = x
+        for step in self.steps:
+            step(slots)
+        features = slots[self.features_slot]
+        assert features is not None
+        return self.fc(self.dropout(torch.flatten(self.global_pool(features), 1)))
