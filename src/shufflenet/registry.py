@@ -17,6 +17,7 @@ from .base import ShuffleNetBase
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MEGVII_PREPROCESSING",
     "ModelInfo",
     "Preprocessing",
     "create_model",
@@ -39,6 +40,13 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     scale: float = 1.0 / 255.0
     channel_order: str = "RGB"
+
+
+# What the official (Megvii) release's networks take: BGR pixel values 0-255, not normalised;
+# shorter side resized to 256, centre crop 224.
+MEGVII_PREPROCESSING = Preprocessing(
+    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"
+)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,28 @@ from .base import ConvBNReLU, ShuffleNetBase, check_positive
 from .ops import channel_shuffle
 from .registry import ModelInfo, register_model
 
-__all__ = ["V1_STAGE2_WIDTHS", "ShuffleNetV1", "ShuffleV1Unit", "shufflenet_v1", "v1_widths"]
+__all__ = [
+    "V1_LAYOUTS",
+    "V1_STAGE2_WIDTHS",
+    "ShuffleNetV1",
+    "ShuffleV1Unit",
+    "shufflenet_v1",
+    "v1_widths",
+]
 
 # Table 1: output channels of Stage 2 at 1x for each number of groups.
 V1_STAGE2_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 V1_REPEATS = (4, 8, 4)
 V1_WIDTH_MULTS = {"0_25": 0.25, "0_5": 0.5, "1_0": 1.0, "1_5": 1.5, "2_0": 2.0}
+# "paper": shuffle before the depthwise conv. "megvii": the official release's unit, which
+# shuffles after the depthwise conv + BN with the inverse permutation (a (C/g, g) reshape), and
+# a bias-free classifier; its weights load after `shufflenet convert --from megvii`.
+V1_LAYOUTS = ("paper", "megvii")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in V1_LAYOUTS:
+        raise ValueError(f"layout must be one of {V1_LAYOUTS}, got {layout!r}")
 
 
 def v1_widths(groups: int, width_mult: float) -> tuple[int, int, int, int]:
@@ -59,6 +75,7 @@ class ShuffleV1Unit(nn.Module):
         groups: groups of both 1x1 convs and of the shuffle.
         stride: 1 (add the identity) or 2 (concat an average-pooled shortcut).
         group_first_conv: ``False`` for the first unit of Stage 2, whose input is too narrow.
+        layout: ``"paper"`` or ``"megvii"`` (see ``V1_LAYOUTS``).
     """
 
     def __init__(
@@ -68,9 +85,11 @@ class ShuffleV1Unit(nn.Module):
         groups: int,
         stride: int,
         group_first_conv: bool = True,
+        layout: str = "paper",
     ) -> None:
         super().__init__()
         check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
+        _check_layout(layout)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         if stride == 1 and in_channels != out_channels:
@@ -92,6 +111,7 @@ class ShuffleV1Unit(nn.Module):
                 )
         self.groups = groups
         self.stride = stride
+        self.layout = layout
         self.gconv1 = nn.Conv2d(in_channels, mid, 1, groups=first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.dwconv = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
@@ -104,9 +124,14 @@ class ShuffleV1Unit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.gconv1(x)))
-        out = channel_shuffle(out, self.groups)
+        if self.layout == "paper":
+            out = channel_shuffle(out, self.groups)
         out = self.bn2(self.dwconv(out))  # no ReLU after the depthwise conv
+        if self.layout == "megvii" and self.groups > 1:  # inverse permutation: C/g groups
+            out = channel_shuffle(out, out.shape[1] // self.groups)
         out = self.bn3(self.gconv2(out))
+        # The input is a ReLU output, so its pooled shortcut needs no ReLU: ReLU after the
+        # concat equals the official ReLU on the branch alone.
         out = out + x if self.stride == 1 else torch.cat((self.shortcut(x), out), 1)
         return self.relu_out(out)
 
@@ -120,6 +145,7 @@ class ShuffleNetV1(ShuffleNetBase):
         num_classes: classifier outputs (0: no classifier).
         in_chans: input channels.
         drop_rate: dropout before the classifier.
+        layout: ``"paper"`` or ``"megvii"`` (official unit, bias-free classifier).
     """
 
     def __init__(
@@ -129,22 +155,31 @@ class ShuffleNetV1(ShuffleNetBase):
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float = 0.0,
+        layout: str = "paper",
     ) -> None:
         super().__init__(in_chans, num_classes, drop_rate)
+        _check_layout(layout)
         stem, *stage_widths = v1_widths(groups, width_mult)
         self.groups = groups
         self.width_mult = width_mult
+        self.layout = layout
         self.conv1 = ConvBNReLU(in_chans, stem, 3, stride=2)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = stem
         for i, (repeats, width) in enumerate(zip(V1_REPEATS, stage_widths, strict=True)):
-            units = [ShuffleV1Unit(in_channels, width, groups, 2, group_first_conv=i > 0)]
-            units += [ShuffleV1Unit(width, width, groups, 1) for _ in range(repeats - 1)]
+            unit = partial(ShuffleV1Unit, groups=groups, layout=layout)
+            units = [unit(in_channels, width, stride=2, group_first_conv=i > 0)]
+            units += [unit(width, width, stride=1) for _ in range(repeats - 1)]
             setattr(self, f"stage{i + 2}", nn.Sequential(*units))
             in_channels = width
         self._set_feature_info([stem, *stage_widths])
         self._build_head(in_channels)
         self.init_weights()
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if self.layout == "megvii" and num_classes > 0:
+            return nn.Linear(self.num_features, num_classes, bias=False)
+        return super()._make_classifier(num_classes)
 
 
 def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> ShuffleNetV1:

@@ -4,21 +4,27 @@ A stride-1 unit splits the channels in two, keeps one half as the identity and r
 1x1 conv -> 3x3 depthwise -> 1x1 conv on the other; the halves are concatenated and shuffled
 with two groups. A stride-2 unit feeds the whole input to both branches and doubles the width.
 ``ours.load_state_dict(torchvision_model.state_dict())`` works with ``strict=True``.
+
+``layout="megvii"`` builds the official (Megvii) release's variant instead, whose units differ in
+structure (see :class:`MegviiInvertedResidual`) and whose classifier has no bias.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .base import ConvBNReLU, ShuffleNetBase, check_positive
-from .ops import channel_split, concat_shuffle
+from .ops import channel_shuffle, channel_split, concat_shuffle
 from .registry import ModelInfo, Preprocessing, register_model
 
 __all__ = [
+    "V2_LAYOUTS",
     "V2_WIDTHS",
     "InvertedResidual",
+    "MegviiInvertedResidual",
     "ShuffleNetV2",
     "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0",
@@ -34,10 +40,49 @@ V2_WIDTHS: dict[str, tuple[int, int, int, int, int]] = {
     "2_0": (24, 244, 488, 976, 2048),
 }
 V2_REPEATS = (4, 8, 4)
+# "torchvision": the paper's unit as torchvision builds it (the default). "megvii": the official
+# release's unit (:class:`MegviiInvertedResidual`) and a bias-free classifier.
+V2_LAYOUTS = ("torchvision", "megvii")
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
+
+
+def _projection_branch(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU: a stride-2 unit's left branch."""
+    return nn.Sequential(
+        _depthwise(in_channels, stride),
+        nn.BatchNorm2d(in_channels),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _main_branch(in_channels: int, mid: int, out_channels: int, stride: int) -> nn.Sequential:
+    """1x1 conv -> BN -> ReLU -> 3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        _depthwise(mid, stride),
+        nn.BatchNorm2d(mid),
+        nn.Conv2d(mid, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _check_unit(in_channels: int, out_channels: int, stride: int) -> None:
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if out_channels % 2:
+        raise ValueError(f"output channels must be even to split in halves, got {out_channels}")
+    if stride == 1 and in_channels != out_channels:
+        raise ValueError(
+            f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
+        )
 
 
 class InvertedResidual(nn.Module):
@@ -45,40 +90,48 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
-        if out_channels % 2:
-            raise ValueError(f"output channels must be even to split in halves, got {out_channels}")
-        if stride == 1 and in_channels != out_channels:
-            raise ValueError(
-                f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
-            )
+        _check_unit(in_channels, out_channels, stride)
         self.stride = stride
         half = out_channels // 2
         if stride == 2:
-            self.branch1 = nn.Sequential(
-                _depthwise(in_channels, stride),
-                nn.BatchNorm2d(in_channels),
-                nn.Conv2d(in_channels, half, 1, bias=False),
-                nn.BatchNorm2d(half),
-                nn.ReLU(inplace=True),
-            )
-        self.branch2 = nn.Sequential(
-            nn.Conv2d(in_channels if stride == 2 else half, half, 1, bias=False),
-            nn.BatchNorm2d(half),
-            nn.ReLU(inplace=True),
-            _depthwise(half, stride),
-            nn.BatchNorm2d(half),
-            nn.Conv2d(half, half, 1, bias=False),
-            nn.BatchNorm2d(half),
-            nn.ReLU(inplace=True),
-        )
+            self.branch1 = _projection_branch(in_channels, half, stride)
+        self.branch2 = _main_branch(in_channels if stride == 2 else half, half, half, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
             identity, x = channel_split(x)
             return concat_shuffle(identity, self.branch2(x))
         return concat_shuffle(self.branch1(x), self.branch2(x))
+
+
+class MegviiInvertedResidual(nn.Module):
+    """The official release's V2 unit, with this package's branch names.
+
+    Stride 1: the even channels are the identity and the odd channels go through ``branch2``
+    (the same as a shuffle with ``C/2`` groups followed by halves); the halves are concatenated
+    and not shuffled. Stride 2 is asymmetric: ``branch1`` (depthwise, 1x1) keeps
+    ``in_channels`` and ``branch2`` (1x1 to ``out_channels // 2``, depthwise, 1x1) makes
+    ``out_channels - in_channels``; no shuffle either.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        _check_unit(in_channels, out_channels, stride)
+        if stride == 2 and out_channels <= in_channels:
+            raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
+        self.stride = stride
+        mid = out_channels // 2
+        if stride == 2:
+            self.branch1 = _projection_branch(in_channels, in_channels, stride)
+            self.branch2 = _main_branch(in_channels, mid, out_channels - in_channels, stride)
+        else:
+            self.branch2 = _main_branch(mid, mid, mid, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            identity, x = channel_split(channel_shuffle(x, x.shape[1] // 2))  # even | odd
+            return torch.cat((identity, self.branch2(x)), 1)
+        return torch.cat((self.branch1(x), self.branch2(x)), 1)
 
 
 class ShuffleNetV2(ShuffleNetBase):
@@ -90,6 +143,7 @@ class ShuffleNetV2(ShuffleNetBase):
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: input channels.
         drop_rate: dropout before the classifier.
+        layout: ``"torchvision"`` or ``"megvii"`` (see ``V2_LAYOUTS``).
     """
 
     def __init__(
@@ -99,8 +153,13 @@ class ShuffleNetV2(ShuffleNetBase):
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_rate: float = 0.0,
+        layout: str = "torchvision",
     ) -> None:
         super().__init__(in_chans, num_classes, drop_rate)
+        if layout not in V2_LAYOUTS:
+            raise ValueError(f"layout must be one of {V2_LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        unit = InvertedResidual if layout == "torchvision" else MegviiInvertedResidual
         if len(stages_repeats) != 3:
             raise ValueError(f"stages_repeats needs 3 values, got {list(stages_repeats)}")
         if len(stages_out_channels) != 5:
@@ -115,8 +174,8 @@ class ShuffleNetV2(ShuffleNetBase):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = stem
         for i, (repeats, width) in enumerate(zip(stages_repeats, stage_widths, strict=True)):
-            units = [InvertedResidual(in_channels, width, 2)]
-            units += [InvertedResidual(width, width, 1) for _ in range(repeats - 1)]
+            units = [unit(in_channels, width, 2)]
+            units += [unit(width, width, 1) for _ in range(repeats - 1)]
             setattr(self, f"stage{i + 2}", nn.Sequential(*units))
             in_channels = width
         self.conv5 = ConvBNReLU(in_channels, last, 1)
@@ -127,8 +186,15 @@ class ShuffleNetV2(ShuffleNetBase):
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv5(x)
 
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if self.layout == "megvii" and num_classes > 0:
+            return nn.Linear(self.num_features, num_classes, bias=False)
+        return super()._make_classifier(num_classes)
+
 
 def _v2(width: str, **kwargs) -> ShuffleNetV2:
+    if width == "2_0" and kwargs.get("layout") == "megvii":
+        kwargs.setdefault("drop_rate", 0.2)  # the official 2.0x has dropout before its classifier
     return ShuffleNetV2(V2_REPEATS, V2_WIDTHS[width], **kwargs)
 
 
