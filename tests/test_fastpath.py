@@ -61,12 +61,12 @@ def test_v2_rewrite_options_and_heads() -> None:
     model = _model("shufflenet_v2_x0_5", num_classes=0, in_chans=1)
     x = torch.randn(3, 1, 48, 48)
     for options in (
-        FastPathOptions(chunk_align=8, branch_align=4, stem_align=8, horizon=1),
-        FastPathOptions(chunk_align=32, horizon=2, split=True),
+        FastPathOptions(chunk_align=8, branch_align=4, stem_align=8, node_cost=1e9),
+        FastPathOptions(chunk_align=32, node_cost=0, split=True),
     ):
         assert _max_diff(fast_model(model, options), model, x) < TOL
-    with pytest.raises(ValueError, match="horizon"):
-        FastPathOptions(horizon=0)
+    with pytest.raises(ValueError, match="node_cost"):
+        FastPathOptions(node_cost=-1)
 
 
 def test_v2_padding_and_chunks_follow_the_options() -> None:
@@ -82,6 +82,8 @@ def test_v2_padding_and_chunks_follow_the_options() -> None:
     assert all(c.out_channels % 16 == 0 for c in convs[:-1])  # every conv but Conv5's 1024 too
     # 19 producers (two branches per stride-2 unit, one per stride-1 unit)
     assert sum(len(step.heads) for step in fast.steps) > 19
+    repacks = [s for s in fast.steps if isinstance(s.body, torch.nn.Identity) and s.heads]
+    assert repacks  # dense re-packed chunks replace shared tails somewhere
     eager = fast_model(model, EAGER)
     assert sum(len(step.heads) for step in eager.steps) == 19  # one conv each, then a split
 

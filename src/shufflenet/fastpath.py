@@ -67,8 +67,9 @@ class FastPathOptions:
         chunk_align: pad every emitted chunk to a multiple of this many channels.
         branch_align: pad the width inside each branch (1x1 -> depthwise -> 1x1).
         stem_align: pad Conv1's output channels (and so the MaxPool and Stage 2's input).
-        horizon: a chunk of its own only for consumers at most this many units ahead of the
-            producer; farther consumers (and the stage output) share one tail chunk.
+        node_cost: what one more chunk (one more conv node) costs, in multiply-adds at 224x224
+            and batch 1. Each producer groups its consumers into the chunks that minimise the
+            multiply-adds its padded chunks cost to make and to read, plus this per chunk.
         split: emit all chunks of a producer from one conv followed by a split, instead of one
             conv per chunk.
     """
@@ -76,20 +77,22 @@ class FastPathOptions:
     chunk_align: int = 16
     branch_align: int = 16
     stem_align: int = 32
-    horizon: int = 3
+    node_cost: float = 1e5
     split: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("chunk_align", "branch_align", "stem_align", "horizon"):
+        for name in ("chunk_align", "branch_align", "stem_align"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.node_cost < 0:
+            raise ValueError(f"node_cost must be >= 0, got {self.node_cost}")
 
 
 # Measured best on ONNX Runtime (all-NCHWc graph), OpenVINO (in-place concat/split: fewer, larger
 # convs) and PyTorch eager (oneDNN: no padding, one conv per producer).
 ONNXRUNTIME = FastPathOptions()
-OPENVINO = FastPathOptions(chunk_align=1, horizon=1000, split=True)
-EAGER = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, horizon=1000, split=True)
+OPENVINO = FastPathOptions(chunk_align=1, node_cost=0, split=True)
+EAGER = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, node_cost=0, split=True)
 
 
 def fastpath_support(model: nn.Module) -> str | None:
@@ -199,7 +202,7 @@ def _conv(weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -> nn.
     return conv
 
 
-def _conv_params(conv: nn.Module) -> tuple[Tensor, Tensor]:
+def _conv_params(conv: object) -> tuple[Tensor, Tensor]:
     assert isinstance(conv, nn.Conv2d) and conv.bias is not None
     return conv.weight.detach().clone(), conv.bias.detach().clone()
 
@@ -272,6 +275,20 @@ def _conv_relu(weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -
     return nn.Sequential(_conv(weight, bias, stride, groups), nn.ReLU(inplace=True))
 
 
+@dataclass
+class _StagePlan:
+    """Who reads each channel of a stage, and what reading costs (multiply-adds per pixel)."""
+
+    consumer_of: dict[Label, int]  # stride-1 unit k reads (k >= 1), ``end``: the stage output
+    end: int
+    width: int  # rows of a stride-1 unit's first conv
+    end_cost: float
+    pixels: int
+
+    def read_cost(self, consumer: int) -> float:
+        return self.end_cost if consumer == self.end else self.width
+
+
 class _Planner:
     """Builds the steps of :class:`FastShuffleNetV2` stage by stage."""
 
@@ -311,21 +328,18 @@ class _Planner:
         weight: Tensor,
         bias: Tensor,
         producer: int,
-        position: int,
-        consumer_of: dict[Label, int],
-        end: int,
+        stage: _StagePlan,
         routes: dict[int, list[Chunk]],
     ) -> None:
         """A producer: ``body`` then its last 1x1 conv (logical rows), emitted as chunks."""
         opts = self.options
-        groups: dict[int, list[int]] = defaultdict(list)
+        by_consumer: dict[int, list[int]] = defaultdict(list)
         for row in range(weight.shape[0]):
-            consumer = consumer_of[(producer, row)]
-            far = consumer == end or consumer - position > opts.horizon
-            groups[end if far else consumer].append(row)
+            by_consumer[stage.consumer_of[(producer, row)]].append(row)
+        consumers = sorted(by_consumer)
         chunks = []
-        for key in sorted(groups):
-            rows = groups[key]
+        for group in self._grouping(consumers, by_consumer, weight.shape[1], stage):
+            rows = [row for consumer in group for row in by_consumer[consumer]]
             size = _round_up(len(rows), opts.chunk_align)
             w, b = _pad_rows(weight[rows], bias[rows], size)
             labels: list[Label | None] = [(producer, r) for r in rows] + [None] * (size - len(rows))
@@ -338,49 +352,120 @@ class _Planner:
             heads = [_conv_relu(w, b) for w, b, _ in chunks]
             slots = self.add(inputs, body, heads, count=len(chunks))
         for slot, (_, _, labels) in zip(slots, chunks, strict=True):
-            for consumer in sorted({consumer_of[lab] for lab in labels if lab is not None}):
+            for consumer in sorted({stage.consumer_of[lab] for lab in labels if lab is not None}):
                 routes[consumer].append((slot, labels))
 
-    def stage(self, units: nn.Sequential, slot: int, physical: list[int]) -> tuple[int, list[int]]:
+    def _grouping(
+        self, consumers: list[int], rows: dict[int, list[int]], columns: int, stage: _StagePlan
+    ) -> list[list[int]]:
+        """The cheapest split of ``consumers`` (in order) into runs that share a chunk.
+
+        Cost per output pixel: a padded chunk costs ``columns`` multiply-adds per channel to make
+        and each consumer's read cost per channel to read; each chunk adds ``node_cost``.
+        """
+        align, node = self.options.chunk_align, self.options.node_cost / stage.pixels
+        best: tuple[float, list[list[int]]] = (float("inf"), [])
+        for cuts in range(2 ** (len(consumers) - 1)):  # bit i: a chunk ends after consumer i
+            groups, start = [], 0
+            for i in range(len(consumers)):
+                if i == len(consumers) - 1 or cuts >> i & 1:
+                    groups.append(consumers[start : i + 1])
+                    start = i + 1
+            cost = sum(
+                _round_up(sum(len(rows[c]) for c in g), align)
+                * (columns + sum(stage.read_cost(c) for c in g))
+                + node
+                for g in groups
+            )
+            if cost < best[0]:
+                best = (cost, groups)
+        return best[1]
+
+    def stage(
+        self, units: nn.Sequential, slot: int, physical: list[int], pixels: int, end_cost: float
+    ) -> tuple[int, list[int]]:
         """Plan one stage whose input is ``slot`` with logical channel ``physical[j]`` (-1: pad).
 
-        Returns the slot of the stage output and its physical-to-logical channel map.
+        ``pixels`` is the stage's output size at 224x224 and ``end_cost`` what reading one
+        channel of the stage output costs per pixel. Returns the slot of the stage output and
+        its physical-to-logical channel map.
         """
-        opts = self.options
         first = units[0]
         assert isinstance(first, InvertedResidual)
-        half = _conv_params(first.branch2[5])[0].shape[0]
-        width = _round_up(half, opts.branch_align)
-        reads, output = _stage_routes(half, len(units))
+        width = self.branch_width(units)
+        reads, output = _stage_routes(_conv_params(first.branch2[5])[0].shape[0], len(units))
         end = len(units)
         consumer_of = {lab: k + 1 for k, right in enumerate(reads) for lab in right}
         consumer_of.update({lab: end for lab in output})
+        plan = _StagePlan(consumer_of, end, width, end_cost, pixels)
         routes: dict[int, list[Chunk]] = defaultdict(list)
 
         # stride-2 unit: branch1 = dw (per physical channel) -> 1x1; branch2 = 1x1 -> dw -> 1x1
         dw_w, dw_b = _gather_channels(*_conv_params(first.branch1[0]), physical)
         w, b = _conv_params(first.branch1[2])
         dw = _conv(dw_w, dw_b, 2, groups=len(physical))
-        self.emit([slot], dw, _gather_columns(w, physical), b, 0, 0, consumer_of, end, routes)
+        self.emit([slot], dw, _gather_columns(w, physical), b, 0, plan, routes)
         w, b = _conv_params(first.branch2[0])
         body = self._branch_body(_gather_columns(w, physical), b, first.branch2[3], width, 2)
         w, b = _conv_params(first.branch2[5])
-        self.emit([slot], body, _pad_columns(w, width), b, 1, 0, consumer_of, end, routes)
+        self.emit([slot], body, _pad_columns(w, width), b, 1, plan, routes)
 
         for k in range(1, len(units)):
             unit = units[k]
             assert isinstance(unit, InvertedResidual)
             index = {lab: i for i, lab in enumerate(reads[k - 1])}
-            physical_k = _logical_indices(index, [lab for _, labs in routes[k] for lab in labs])
+            joined, labels = self.join(routes[k])
+            self.repack(k, joined, labels, plan, routes)
+            physical_k = _logical_indices(index, labels)
             w, b = _conv_params(unit.branch2[0])
             body = self._branch_body(_gather_columns(w, physical_k), b, unit.branch2[3], width, 1)
             w, b = _conv_params(unit.branch2[5])
-            inputs = [s for s, _ in routes[k]]
-            self.emit(inputs, body, _pad_columns(w, width), b, k + 1, k, consumer_of, end, routes)
+            self.emit([joined], body, _pad_columns(w, width), b, k + 1, plan, routes)
 
         index = {lab: i for i, lab in enumerate(output)}
         slot, labels = self.join(routes[end])
         return slot, _logical_indices(index, labels)
+
+    def repack(
+        self,
+        k: int,
+        slot: int,
+        labels: list[Label | None],
+        plan: _StagePlan,
+        routes: dict[int, list[Chunk]],
+    ) -> None:
+        """Let unit ``k`` copy the channels that later consumers need from the chunks it
+        shares with them into one dense chunk, when that costs less than their reading the
+        shared chunks. The copy is a 1x1 conv with unit rows + ReLU: exact, since every
+        channel is a ReLU output (>= 0)."""
+        later = {c: chunks for c, chunks in routes.items() if c > k}
+        shared = {s for s, _ in routes[k]} & {s for cs in later.values() for s, _ in cs}
+        keep = [(j, lab) for j, lab in enumerate(labels) if lab and plan.consumer_of[lab] > k]
+        if not keep:
+            return
+        readers = {plan.consumer_of[lab] for _, lab in keep}
+        size = _round_up(len(keep), self.options.chunk_align)
+        before = sum(
+            len(labs) * plan.read_cost(c)
+            for c, cs in later.items()
+            for s, labs in cs
+            if s in shared
+        )
+        after = size * (len(labels) + sum(plan.read_cost(c) for c in readers))
+        if after + self.options.node_cost / plan.pixels >= before:
+            return
+        weight = torch.zeros(size, len(labels), 1, 1)
+        for row, (j, _) in enumerate(keep):
+            weight[row, j] = 1.0
+        (packed,) = self.add([slot], nn.Identity(), [_conv_relu(weight, torch.zeros(size))])
+        chunk: Chunk = (packed, [lab for _, lab in keep] + [None] * (size - len(keep)))
+        for c, chunks in later.items():
+            routes[c] = [ch for ch in chunks if ch[0] not in shared] + [chunk] * (c in readers)
+
+    def branch_width(self, units: nn.Sequential) -> int:
+        """The padded width inside the branches of a stage."""
+        half = _conv_params(units[0].branch2[5])[0].shape[0]  # type: ignore[index]
+        return _round_up(half, self.options.branch_align)
 
     @staticmethod
     def _branch_body(
@@ -411,9 +496,17 @@ class FastShuffleNetV2(nn.Module):
         body = nn.Sequential(*_conv_relu(*_pad_rows(w, b, stem), 2), nn.MaxPool2d(3, 2, 1))
         (slot,) = planner.add([0], body)
         physical = list(range(w.shape[0])) + [-1] * (stem - w.shape[0])
-        for stage in (fused.stage2, fused.stage3, fused.stage4):
-            slot, physical = planner.stage(stage, slot, physical)
-        w, b = _conv_params(fused.conv5[0])  # type: ignore[index]
+        stages = [fused.stage2, fused.stage3, fused.stage4]
+        w5, b5 = _conv_params(fused.conv5[0])  # type: ignore[index]
+        for i, stage in enumerate(stages):
+            if i + 1 < len(stages):  # the next stride-2 unit: dw (s2) + 1x1 (s2) and 1x1
+                half = _conv_params(stages[i + 1][0].branch1[2])[0].shape[0]  # type: ignore[index]
+                end_cost = (9 + half) / 4 + planner.branch_width(stages[i + 1])
+            else:
+                end_cost = w5.shape[0]
+            pixels = (224 // 2 ** (i + 3)) ** 2
+            slot, physical = planner.stage(stage, slot, physical, pixels, end_cost)
+        w, b = w5, b5
         (self.features_slot,) = planner.add([slot], _conv_relu(_gather_columns(w, physical), b))
         self.steps = nn.ModuleList(planner.steps)
         self.slots = planner.slots
