@@ -5,9 +5,10 @@ An *engine* turns a model into something that runs a batch: ``eager`` PyTorch, `
 Runtime with all graph optimisations on and the thread count set, as a user would run it) and
 ``openvino`` when that package is installed. Every runner is warmed up, then timed ``runs`` times:
 with ``time.perf_counter`` on the CPU, with CUDA events after a synchronisation on the GPU.
-Runners measured together are interleaved in a few rounds (each round re-warms a runner with one
-untimed call) so that ratios between them are taken under the same machine load. Statistics are
-the median and the interquartile range.
+The models measured with one engine are interleaved in a few rounds (each round re-warms a
+runner with one untimed call) so that ratios between them are taken under the same machine load;
+engines run one after the other, so that one runtime's thread pool never competes with another's.
+Statistics are the median and the interquartile range.
 """
 
 from __future__ import annotations
@@ -54,7 +55,16 @@ __all__ = [
     "torch_threads",
 ]
 
-ENGINES = ("eager", "channels_last", "compile", "onnxruntime", "openvino")
+ENGINES = (
+    "eager",
+    "channels_last",
+    "compile",
+    "optimized",  # shufflenet.deploy.optimize: shuffle-free, BN folded, channels_last, jit
+    "onnxruntime",
+    "onnxruntime_fast",  # our shuffle-free ONNX graph (shufflenet.fastpath), ORT layout
+    "openvino",
+    "openvino_fast",  # the same in OpenVINO's layout (fp32)
+)
 K = TypeVar("K")
 TimedRun = Callable[[], float]  # runs the model once on a bound input, returns milliseconds
 Engine = Callable[[Tensor], TimedRun]  # binds an input batch
@@ -65,7 +75,7 @@ def available_engines() -> tuple[str, ...]:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return ENGINES[:-1]
+        return tuple(e for e in ENGINES if not e.startswith("openvino"))
     return ENGINES
 
 
@@ -222,7 +232,8 @@ def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engin
     import openvino as ov
 
     core = ov.Core()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    # fp32 like the other engines: OpenVINO would run bf16 by default on AMX CPUs
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     request = core.compile_model(
@@ -255,16 +266,28 @@ def make_engine(
         raise ValueError(_unknown_engine(engine))
     if engine in ("eager", "channels_last", "compile"):
         return _torch_engine(model, engine, device)
+    if engine == "optimized":
+        from .deploy import optimize
+
+        if device != "cpu":
+            raise ValueError("the optimized engine runs on the CPU only; use --device cpu")
+        fast = optimize(model, example=example)
+        return lambda x: _timed(lambda: fast(x), cuda_events=False)
     onnx_file = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir)) / "model.onnx"
+    if engine.endswith("_fast"):  # models without a fast path export as they are
+        from .fastpath import ONNXRUNTIME, OPENVINO, fast_model, fastpath_support
+
+        if fastpath_support(model) is None:
+            model = fast_model(model, OPENVINO if engine == "openvino_fast" else ONNXRUNTIME)
     export_onnx(model.eval(), onnx_file, example)
-    if engine == "onnxruntime":
+    if engine.startswith("onnxruntime"):
         return _onnxruntime_engine(onnx_file, device, threads)
     return _openvino_engine(onnx_file, device, threads)
 
 
 def _unknown_engine(engine: str) -> str:
-    if engine == "openvino":
-        return "the openvino engine needs the openvino package: pip install openvino"
+    if engine.startswith("openvino"):
+        return f"the {engine} engine needs the openvino package: pip install openvino"
     return f"unknown engine {engine!r}; choose from {', '.join(available_engines())}"
 
 
@@ -396,11 +419,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         threads = stack.enter_context(torch_threads(config.threads))
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="shufflenet-bench-"))
         example = torch.randn(1, 3, h, w)
-        engines: dict[tuple[str, str, str], Engine] = {}
-        for name, impl, model in subjects:
-            for engine in config.engines:
-                note(f"preparing {name} ({impl}) for {engine}")
-                engines[name, impl, engine] = make_engine(
+        # One engine at a time: its runners are interleaved with each other only, so that one
+        # runtime's spinning thread pool never competes with another's while being timed.
+        for engine in config.engines:
+            note(f"{engine}: preparing {len(subjects)} models")
+            binders = {
+                (name, impl): make_engine(
                     model,
                     engine,
                     example=example,
@@ -408,40 +432,43 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     threads=config.threads,
                     workdir=workdir,
                 )
-        for batch in config.batch_sizes:
-            x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
-            note(f"batch {batch}: timing {len(engines)} runners, {config.runs} runs each")
-            try:
-                with torch.inference_mode():
-                    timings = measure(
-                        {key: bind(x) for key, bind in engines.items()},
-                        runs=config.runs,
-                        warmup=config.warmup,
+                for name, impl, model in subjects
+            }
+            for batch in config.batch_sizes:
+                x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+                note(f"{engine}, batch {batch}: {config.runs} runs of {len(binders)} models")
+                try:
+                    with torch.inference_mode():
+                        timings = measure(
+                            {key: bind(x) for key, bind in binders.items()},
+                            runs=config.runs,
+                            warmup=config.warmup,
+                        )
+                except RuntimeError as e:
+                    raise ValueError(f"a model failed at batch {batch}, input {h}x{w}: {e}") from e
+                for (name, impl), t in timings.items():
+                    card = model_card(name)
+                    result.records.append(
+                        BenchRecord(
+                            model=name,
+                            implementation=impl,
+                            engine=engine,
+                            batch_size=batch,
+                            input_size=(h, w),
+                            device=config.device,
+                            threads=config.threads or threads,
+                            runs=config.runs,
+                            median_ms=t.median_ms,
+                            p25_ms=t.p25_ms,
+                            p75_ms=t.p75_ms,
+                            iqr_ms=t.iqr_ms,
+                            images_per_s=t.images_per_s(batch),
+                            mflops=mflops[name, impl],
+                            top1=card.top1,
+                            top1_source=card.top1_source,
+                        )
                     )
-            except RuntimeError as e:
-                raise ValueError(f"a model failed at batch {batch}, input {h}x{w}: {e}") from e
-            for (name, impl, engine), t in timings.items():
-                card = model_card(name)
-                result.records.append(
-                    BenchRecord(
-                        model=name,
-                        implementation=impl,
-                        engine=engine,
-                        batch_size=batch,
-                        input_size=(h, w),
-                        device=config.device,
-                        threads=config.threads or threads,
-                        runs=config.runs,
-                        median_ms=t.median_ms,
-                        p25_ms=t.p25_ms,
-                        p75_ms=t.p75_ms,
-                        iqr_ms=t.iqr_ms,
-                        images_per_s=t.images_per_s(batch),
-                        mflops=mflops[name, impl],
-                        top1=card.top1,
-                        top1_source=card.top1_source,
-                    )
-                )
+            del binders  # free this engine's sessions before the next one
     _add_speedups(result.records)
     return result
 
