@@ -1,0 +1,326 @@
+import csv
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import shufflenet
+from shufflenet.cli import build_parser, main
+from shufflenet.train import (
+    METRIC_COLUMNS,
+    TrainConfig,
+    evaluate_weights,
+    fit,
+    lr_factor,
+    param_groups,
+)
+
+TINY = "shufflenet_v1_g3_x0_25"
+# A few steps at 32x32: seconds per run.
+QUICK = {"image_size": 32, "batch_size": 32, "limit_train_batches": 4, "progress": False}
+QUICK_ARGS = ["--image-size", "32", "--batch-size", "32", "--limit-train-batches", "4"]
+# Subprocesses run with one thread each: identical arithmetic, no oversubscription.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One short digits run through the API, shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("run") / "r"
+    lines: list[str] = []
+    result = fit(TrainConfig(model=TINY, epochs=2, out=str(out), **QUICK), log=lines.append)
+    return result, lines
+
+
+def test_lr_schedule():
+    total, warm = 100, 10
+    lrs = [lr_factor(s, total, warm) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5)
+    assert lr_factor(total, total, warm) == 0.0
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    cos = [lr_factor(s, total, warm, "cosine") for s in range(total + 1)]
+    assert cos[10] == pytest.approx(1.0) and cos[55] == pytest.approx(0.5) and cos[-1] == 0.0
+    assert lr_factor(0, 10, 0) == 1.0
+
+
+def test_no_weight_decay_on_bn_and_biases():
+    model = shufflenet.create_model("shufflenet_v2_x0_5", num_classes=10)
+    decay, no_decay = param_groups(model, 4e-5)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    bn = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    }
+    assert {id(p) for p in no_decay["params"]} == bn | {id(model.fc.bias)}
+    assert any(p is model.fc.weight for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_fit_writes_every_output(run):
+    result, lines = run
+    d = result.run_dir
+    assert sorted(p.name for p in d.iterdir()) == [
+        "checkpoint.pt",
+        "curves.png",
+        "metrics.csv",
+        "model.safetensors",
+    ]  # and no temporary files
+    rows = _rows(result.metrics_path)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and tuple(rows[0]) == METRIC_COLUMNS
+    assert float(rows[1]["lr"]) == 0.0  # linear decay ends at 0
+    assert result.curves_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(result.checkpoint_path, weights_only=True)
+    assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 1
+    assert {"optimizer", "scheduler", "scaler", "model", "history"} <= set(ckpt)
+    model = shufflenet.load(result.model_path)
+    meta = model.weights_metadata
+    assert meta["class_names"] == [str(i) for i in range(10)] and meta["data"] == "digits"
+    assert meta["preprocessing"]["input_size"] == [32, 32]
+    assert meta["model_config"] == {"name": TINY, "num_classes": 10}
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+    assert lines[0].startswith(f"training {TINY} on digits") and "epoch 2/2" in lines[-1]
+    assert 0.0 <= result.final.top1 <= result.final.top5 <= 1.0
+
+
+def test_evaluate_weights_agrees_with_the_run(run):
+    result, _ = run
+    ev, data = evaluate_weights(result.model_path, device="cpu")
+    assert data == "digits" and ev.num_images == 360
+    assert ev.top1 == pytest.approx(result.final.top1)
+    assert ev.loss == pytest.approx(result.final.loss, rel=1e-5)
+    assert sum(ev.class_counts.values()) == 360
+    per_class_hits = sum(ev.per_class[c] * ev.class_counts[c] for c in ev.per_class)
+    assert per_class_hits == pytest.approx(ev.top1 * 360)
+
+
+def test_existing_run_needs_resume_and_the_same_recipe(run):
+    result, _ = run
+    config = TrainConfig(model=TINY, epochs=2, out=str(result.run_dir), **QUICK)
+    with pytest.raises(ValueError, match="already holds a run; continue it with --resume"):
+        fit(config)
+    with pytest.raises(ValueError, match=r"lr 0\.1 \(checkpoint: 0\.015625\)"):
+        fit(replace(config, resume=True, lr=0.1))
+    before = load_file(result.model_path)
+    again = fit(replace(config, resume=True))  # finished: nothing left but the final files
+    assert again.resumed_from == 2 and len(_rows(again.metrics_path)) == 2
+    after = load_file(result.model_path)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert again.final.top1 == result.final.top1
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["train", TINY, "--epochs", "1", "--out", str(out), "--no-progress", *QUICK_ARGS]
+    assert main([*argv, "--bn-recalibrate", "2", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "BN statistics re-estimated on 2 batches" in text
+    assert re.search(r"done: val top-1 \d+\.\d\d%", text)
+    assert f"curves:     {out / 'curves.png'}" in text
+    assert main(["eval", "--weights", str(out / "model.safetensors"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["data"] == "digits" and data["num_images"] == 360
+    assert 0 <= data["top1"] <= data["top5"] <= 1 and len(data["per_class"]) == 10
+    assert main(["eval", "--weights", str(out / "model.safetensors")]) == 0
+    table = capsys.readouterr().out
+    assert "class" in table and "top-1" in table and "360 images" in table
+
+
+def test_help_quotes_the_real_defaults():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    helps = {a.dest: a.help or "" for a in train._actions}
+    d = TrainConfig()
+    assert d.lr is None and "0.5 x batch/1024" in helps["lr"]
+    for name in (
+        "epochs",
+        "batch_size",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "schedule",
+        "warmup_epochs",
+        "seed",
+        "drop_rate",
+    ):
+        assert f"default {getattr(d, name)}" in helps[name], name
+    assert d.data in helps["data"] and d.bn_recalibrate == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "nosuchnet"], "unknown model"),
+        (["train", TINY, "--epochs", "0"], "epochs must be a positive integer"),
+        (["train", TINY, "--lr", "-1"], "lr must be > 0"),
+        (["train", TINY, "--image-size", "16"], "at least 32"),
+        (["train", TINY, "--device", "tpu"], "device must be"),
+        (["train", TINY, "--data", "/no/such/folder"], "no such data folder"),
+        (["train", TINY, "--resume"], "--resume needs --out"),
+        (["train", TINY, "--resume", "--out", "/no/such/run"], "no checkpoint to resume"),
+        (["eval", "--weights", "/no/such.safetensors"], "no such weights file"),
+    ],
+)
+def test_bad_arguments(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_bad_argument_types_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", TINY, "--epochs", "many"])
+    assert e.value.code == 2 and "invalid int value" in capsys.readouterr().err
+
+
+def _folder(root: Path, classes=("ant", "bee"), per_class=4) -> Path:
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 36), (60 * c, 20 * i, 100)).save(
+                    root / split / name / f"{i}.jpg"
+                )
+    return root
+
+
+def test_cli_folder_with_corrupt_image_and_empty_class(tmp_path, capsys):
+    root = _folder(tmp_path / "photos")
+    (root / "train" / "bee" / "bad.jpg").write_bytes(b"GIF89a truncated")
+    (root / "train" / "wasp").mkdir()
+    (root / "val" / "wasp").mkdir()
+    args = ["train", TINY, "--data", str(root), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*args, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train/bee/bad.jpg" in err[0]
+    assert "without images: train/wasp, val/wasp" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "r").exists()
+    # after removing the empty class, --skip-bad-images trains and says what it skipped
+    (root / "train" / "wasp").rmdir()
+    (root / "val" / "wasp").rmdir()
+    quick = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers", "0"]
+    assert main([*args, *quick, "--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image" in out and "8 train / 8 val images, 2 classes" in out
+    meta = shufflenet.read_metadata(tmp_path / "r" / "model.safetensors")
+    assert meta["class_names"] == ["ant", "bee"] and meta["preprocessing"]["resize"] == 37
+    assert main(["eval", "--weights", str(tmp_path / "r" / "model.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 8
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "shufflenet",
+        "train",
+        TINY,
+        "--epochs",
+        "4",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+        *QUICK_ARGS,
+        *extra,
+    ]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    ref, cut = (
+        subprocess.Popen(
+            _train_cmd(tmp_path / name),
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("ref", "cut")
+    )
+    metrics = tmp_path / "cut" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while cut.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(_rows(metrics)) >= 1:
+            break
+        time.sleep(0.01)
+    cut.send_signal(signal.SIGKILL)
+    cut.communicate()
+    assert cut.returncode == -signal.SIGKILL  # killed in the middle of the run
+    done = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 4
+    resumed = subprocess.run(
+        _train_cmd(tmp_path / "cut", "--resume"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {done}" in resumed.stdout
+    ref_out, _ = ref.communicate()
+    assert ref.returncode == 0, ref_out
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows, cut_rows = _rows(tmp_path / "ref" / "metrics.csv"), _rows(metrics)
+    assert [r["epoch"] for r in cut_rows] == ["1", "2", "3", "4"]
+    assert [r["val_loss"] for r in cut_rows] == [r["val_loss"] for r in ref_rows]
+
+
+def test_torchrun_two_process_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "shufflenet",
+        "train",
+        TINY,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *QUICK_ARGS,
+    ]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: val top-1") == 1  # rank 0 alone reports
+    assert "x 2 processes" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "curves.png",
+        "metrics.csv",
+        "model.safetensors",
+    ]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    assert len(_rows(out / "metrics.csv")) == 1
+    model = shufflenet.load(out / "model.safetensors")
+    assert model.num_classes == 10
