@@ -118,7 +118,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {cfg['threads']} threads, "
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; input {cfg['input_size'][0]}px, "
         f"{cfg['runs']} timed runs after {cfg['warmup']} warm-up, median of "
-        f"{len(data['runs'])} interleaved repeats.",
+        f"{len(data['runs'])} repeats (1-min load average at their starts: "
+        + ", ".join(str(run["machine"].get("load_average_1min", "?")) for run in data["runs"])
+        + ").",
         "",
         "| model | MFLOPs | top-1 | eager b1 ms | ORT b1 ms | eager b32 img/s | ORT b32 img/s "
         "| vs torchvision: eager b1 | ORT b1 | eager b32 | ORT b32 |",

@@ -37,6 +37,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 setattr(row, field, [statistics.median(v) for v in values])
     data = merged.to_dict()
     data["config"]["repeat"] = args.repeat
+    data["config"]["load_average_1min"] = [r.machine["load_average_1min"] for r in results]
     write_json(args.out / "guidelines.json", data)
     for table in merged.tables:
         plot_table(table, args.out / f"{table.key.lower()}.png", "this CPU")
@@ -49,8 +50,9 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"Measured on {m['cpu']} ({m['logical_cpus']} logical CPUs), {cfg['threads']} threads, "
         f"eager PyTorch {m['torch']}, batch {cfg['batch_size']}, {cfg['runs']} timed runs, "
-        f"median of {cfg.get('repeat', 1)} repeats. Cells: speed relative to the first row, "
-        "ours / paper GPU / paper ARM.",
+        f"median of {cfg.get('repeat', 1)} repeats (1-min load average at their starts: "
+        f"{', '.join(map(str, cfg.get('load_average_1min', [])))}). "
+        "Cells: speed relative to the first row, ours / paper GPU / paper ARM.",
     ]
     for table in data["tables"]:
         cols = table["columns"]

@@ -316,6 +316,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),  # others' work competing for the CPU
     }
     if "openvino" in available_engines():
         import openvino
