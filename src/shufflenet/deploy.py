@@ -46,7 +46,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             handles.append(module.register_forward_pre_hook(match))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, getattr(model, "in_chans", 3), 64, 64))
+            model(torch.zeros(1, getattr(model, "in_chans", 3), 32, 32))  # the smallest input
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,200 @@
+"""Classify image files with a weights file: our safetensors or an exported ONNX file.
+
+The preprocessing comes from the file's metadata (:func:`shufflenet.data.build_eval_transform`),
+so the model sees exactly what it was trained or converted for (RGB normalised for torchvision
+weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded gives a
+:class:`Prediction` with an ``error`` while the others are still predicted.
+
+1000-class weights without their own class names get the ImageNet-1k names bundled in
+``shufflenet/data/imagenet_classes.txt`` (copied from torchvision's
+``torchvision.models._meta._IMAGENET_CATEGORIES``, BSD-3-Clause).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+__all__ = [
+    "ENGINES",
+    "Prediction",
+    "Predictor",
+    "class_names_of",
+    "find_images",
+    "imagenet_classes",
+    "predict",
+]
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order (bundled)."""
+    from importlib.resources import files
+
+    text = files("shufflenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+def class_names_of(metadata: dict[str, Any]) -> list[str]:
+    """The metadata's class names, ImageNet's for 1000 classes, else the label indices."""
+    num_classes = int(metadata.get("num_classes", 0))
+    names = metadata.get("class_names")
+    if isinstance(names, list) and len(names) == num_classes:
+        return [str(n) for n in names]
+    if num_classes == 1000:
+        return imagenet_classes()
+    return [str(i) for i in range(num_classes)]
+
+
+@dataclass
+class Prediction:
+    """The ``topk`` classes of one image, best first, or why it could not be predicted."""
+
+    path: str
+    top: list[tuple[str, int, float]] = field(default_factory=list)  # (name, index, prob)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        top = [{"class": n, "index": i, "probability": p} for n, i, p in self.top]
+        return {"path": self.path, "top": top, "error": self.error}
+
+
+class Predictor:
+    """A weights file ready to classify images with ``engine`` (default: the file's own).
+
+    ``.onnx`` files run in ONNX Runtime; our safetensors files in PyTorch, or in ONNX Runtime
+    through an in-memory export.
+    """
+
+    def __init__(self, weights: str | os.PathLike[str], engine: str | None = None) -> None:
+        from .data import build_eval_transform
+
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such weights file: {path}")
+        is_onnx = path.suffix.lower() == ".onnx"
+        engine = engine or ("onnxruntime" if is_onnx else "torch")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if is_onnx and engine == "torch":
+            raise ValueError(f"{path} is an ONNX file: predict it with --engine onnxruntime")
+        self.engine = engine
+        self._model: torch.nn.Module | None = None
+        self._session: Any = None
+        if is_onnx:
+            from .export import ort_session, read_onnx_metadata
+
+            self.metadata = read_onnx_metadata(path)
+            self._session = ort_session(path)
+        else:
+            from .weights import load
+
+            model = load(path)
+            self.metadata = model.weights_metadata
+            if engine == "torch":
+                self._model = model
+            else:
+                from .export import onnx_bytes, ort_session
+
+                self._session = ort_session(onnx_bytes(model))
+        if int(self.metadata.get("num_classes", 0)) < 1:
+            raise ValueError(f"{path} has no classifier (num_classes 0): nothing to predict")
+        self.class_names = class_names_of(self.metadata)
+        self.transform = build_eval_transform(self.metadata["preprocessing"])
+
+    def logits(self, batch: Tensor) -> np.ndarray:
+        """Raw outputs for a preprocessed (N, C, H, W) batch."""
+        if self._model is not None:
+            with torch.inference_mode():
+                return self._model(batch).numpy()
+        inputs = self._session.get_inputs()[0]
+        fixed = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
+        if fixed is None:
+            return self._session.run(None, {inputs.name: batch.numpy()})[0]
+        outs = []  # a fixed batch axis: run in chunks of its size, the last one zero-padded
+        for start in range(0, len(batch), fixed):
+            chunk = batch[start : start + fixed]
+            padded = torch.cat([chunk, chunk.new_zeros(fixed - len(chunk), *chunk.shape[1:])])
+            outs.append(self._session.run(None, {inputs.name: padded.numpy()})[0][: len(chunk)])
+        return np.concatenate(outs)
+
+    def load_image(self, path: Path) -> Tensor:
+        """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable."""
+        if path.is_dir():
+            raise ValueError("a directory without image files")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return self.transform(image)
+        except FileNotFoundError:
+            raise ValueError("no such file") from None
+        except Exception as e:  # PIL raises many types for truncated or foreign files
+            raise ValueError(f"not a readable image ({str(e) or type(e).__name__})") from None
+
+    def predict(
+        self, paths: Sequence[Path], topk: int = 5, batch_size: int = 16
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per path, in order."""
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        k = min(topk, len(self.class_names))
+        results = [Prediction(str(p)) for p in paths]
+        for start in range(0, len(paths), batch_size):
+            good, tensors = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    tensors.append(self.load_image(paths[i]))
+                    good.append(i)
+                except ValueError as e:
+                    results[i].error = str(e)
+            if not tensors:
+                continue
+            probs = torch.from_numpy(self.logits(torch.stack(tensors))).float().softmax(1)
+            values, indices = probs.topk(k, dim=1)
+            for i, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
+                results[i].top = [
+                    (self.class_names[c], c, float(v)) for v, c in zip(vals, idxs, strict=True)
+                ]
+        return results
+
+
+def find_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; directories expand to the image files below them, sorted.
+
+    A directory without images is itself listed, so that it is reported as a failure.
+    """
+    from .data import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not p.name.startswith(".")
+            )
+            found += images or [item]
+        else:
+            found.append(item)
+    return found
+
+
+def predict(
+    weights: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    topk: int = 5,
+    engine: str | None = None,
+) -> list[Prediction]:
+    """Classify the images in ``inputs`` (files or directories) with ``weights``."""
+    return Predictor(weights, engine).predict(find_images(inputs), topk)

@@ -1,0 +1,194 @@
+"""Exports: ONNX parity in ONNX Runtime, static graphs, TorchScript, ncnn, int8, and the CLI."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import randomize_bn
+
+import shufflenet
+from shufflenet import data
+from shufflenet.cli import main
+from shufflenet.deploy import fuse_bn, static_shuffles
+from shufflenet.export import export_model, read_onnx_metadata
+
+PARITY = [
+    *[(n, None) for n in shufflenet.list_models("shufflenet_v2_*")],
+    ("shufflenet_v1_g3_x1_0", None),
+    ("shufflenet_v1_g8_x1_0", None),
+    ("shufflenet_v2_x0_5", "megvii"),
+    ("shufflenet_v1_g3_x0_5", "megvii"),
+]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model(name, layout=None, **kwargs):
+    model = shufflenet.create_model(name, **kwargs, **({"layout": layout} if layout else {}))
+    randomize_bn(model)
+    with torch.no_grad():  # logits of order 1, so that a wrong graph cannot hide in rounding
+        model.fc.weight.normal_(0.0, model.num_features**-0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "name,layout", PARITY, ids=[f"{n}-{lay or 'default'}" for n, lay in PARITY]
+)
+def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, layout):
+    model = _model(name, layout)
+    path = tmp_path / "m.onnx"
+    result = export_model(model, path, input_size=(96, 96))  # the graph is the same at 224
+    assert result.verification.passed and result.verification.batch_sizes == (1, 3)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = {node.op_type for node in proto.graph.node}
+    assert not ops & {"Shape", "Size", "NonZero"}, ops  # nothing computes shapes at run time
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    meta = read_onnx_metadata(path)
+    assert meta["model_config"]["name"] == name and meta["num_classes"] == 1000
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # an independent comparison, on inputs the export never saw
+        x = torch.randn(batch, 3, 96, 96)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert np.abs(expected).max() > 0.1
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize(
+    "name,layout", [("shufflenet_v1_g8_x0_5", "megvii"), ("shufflenet_v2_x0_5", "default")]
+)
+def test_fuse_bn_and_static_shuffles_are_exact(name, layout):
+    model = _model(name, None if layout == "default" else layout)
+    fused = fuse_bn(model)
+    static = static_shuffles(fused)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # not modified
+    x = torch.randn(2, 3, 80, 96)
+    with torch.no_grad():
+        ref = model(x)
+        for copy in (fused, static):
+            assert (copy(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_fixed_batch_torchscript_and_metadata(tmp_path):
+    model = _model("shufflenet_v1_g3_x0_5", num_classes=4)
+    names = ["ant", "bee", "cat", "dog"]
+    weights = shufflenet.save(model, tmp_path / "w.safetensors", class_names=names)
+    model = shufflenet.load(weights)
+    fixed = export_model(model, tmp_path / "b2.onnx", batch=2, input_size=(96, 128))
+    assert fixed.verification.passed and fixed.verification.batch_sizes == (2,)
+    proto = onnx.load(str(tmp_path / "b2.onnx"))
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [2, 3, 96, 128]
+    assert read_onnx_metadata(tmp_path / "b2.onnx")["class_names"] == names
+    scripted = export_model(model, tmp_path / "m.pt", "torchscript", input_size=(64, 64))
+    assert scripted.verification.passed and scripted.verification.engine == "torchscript"
+    files = {"shufflenet.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
+    assert json.loads(files["shufflenet.json"])["class_names"] == names
+    x = torch.randn(5, 3, 64, 64)  # any batch and size
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-5 * model(x).abs().max()
+
+
+def test_ncnn_export_runs_in_ncnn(tmp_path):
+    pytest.importorskip("pnnx")
+    pytest.importorskip("ncnn")
+    model = _model("shufflenet_v2_x0_5", "megvii", num_classes=10)
+    result = export_model(model, tmp_path / "m.param", "ncnn", input_size=(64, 64))
+    assert [p.name for p in result.files] == ["m.param", "m.bin", "m.json"]
+    assert result.verification.engine == "ncnn" and result.verification.passed
+    assert json.loads((tmp_path / "m.json").read_text())["input_size"] == [64, 64]
+
+
+def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys, monkeypatch):
+    import shufflenet.export as export
+
+    def broken(model):  # a graph that drops the even/odd split: a classic export bug
+        graph = static_shuffles(fuse_bn(model))
+        graph.stage2[1].forward = lambda x: torch.cat(x.chunk(2, 1)[::-1], 1)
+        return graph
+
+    monkeypatch.setattr(export, "_graph_form", broken)
+    out = tmp_path / "bad.onnx"
+    argv = ["export", "--model", "shufflenet_v2_x0_5", "--layout", "megvii", "--out", str(out)]
+    assert main([*argv, "--input-size", "64"]) == 1
+    err = capsys.readouterr().err
+    assert "max |diff|" in err and "FAILED" in err and "does not match PyTorch" in err
+    assert out.exists()  # kept for inspection
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--model", "shufflenet_v2_x0_5", "--int8"], "--int8 needs"),
+        (["--model", "shufflenet_v2_x0_5", "--format", "ncnn"], "FILE.param"),
+        (["--model", "shufflenet_v2_x0_5", "--opset", "30"], "opset must be in 9..20"),
+        (["--model", "shufflenet_v2_x0_5", "--layout", "paper"], "layout must be one of"),
+        (["--weights", "missing.safetensors"], "no such weights file"),
+    ],
+)
+def test_cli_export_errors_are_one_line(tmp_path, capsys, argv, match):
+    assert main(["export", *argv, "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and len(err.strip().splitlines()) == 1
+
+
+def _digits_model(steps=300, size=32):
+    """A V2 0.5x trained on digits for a few hundred steps (about 96% val top-1)."""
+    pre = data.make_preprocessing("digits", size)
+    transform = data.build_eval_transform(pre)
+    train, _ = data.digits_datasets(transform, transform)
+    images = torch.stack([train[i][0] for i in range(len(train))])
+    labels = torch.tensor(train.targets)
+    torch.manual_seed(0)
+    model = shufflenet.create_model("shufflenet_v2_x0_5", num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (64,))
+        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval(), pre
+
+
+def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys):
+    model, pre = _digits_model()
+    weights = shufflenet.save(model, tmp_path / "d.safetensors", preprocessing=pre,
+                              class_names=data.DIGITS_CLASSES)  # fmt: skip
+    out = tmp_path / "d.onnx"
+    argv = ["export", "--weights", str(weights), "--out", str(out), "--int8", "--calib", "digits"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    int8 = report["int8"]
+    assert report["verification"]["passed"]
+    assert int8["images"] == 360 and int8["fp32_top1"] > 0.9  # the model did learn
+    assert int8["agreement"] >= 0.99, int8
+    assert int8["int8_bytes"] < 0.5 * int8["fp32_bytes"]
+    proto = onnx.load(int8["path"])
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 50 and "Shape" not in ops
+    weight_scales = {i.name: i for i in proto.graph.initializer if i.name.endswith("_scale")}
+    per_channel = [
+        n for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[1] in weight_scales
+        and len(weight_scales[n.input[1]].dims) == 1 and weight_scales[n.input[1]].dims[0] > 1
+    ]  # fmt: skip
+    assert len(per_channel) >= 56  # every conv's weights: one scale per output channel
+    # Where int8 hurts: the depthwise convs' signed outputs are the worst-kept activations.
+    by_kind = int8["sqnr_db_by_kind"]
+    assert min(by_kind, key=by_kind.get) == "depthwise"
+    assert by_kind["depthwise"] < by_kind["conv1x1+relu"] - 3
+    assert all(layer["kind"] == "depthwise" for layer in int8["weakest_layers"])
+    meta = read_onnx_metadata(int8["path"])
+    assert meta["quantization"]["weights"] == "int8 per-channel"
+    assert meta["class_names"] == data.DIGITS_CLASSES
