@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="runs/main-$(date +%Y%m%d-%H%M%S)"
-.venv/bin/shufflenet train shufflenet_v2_x0_5 --data digits --out "$out"
+# One thread: ShuffleNet's many small ops gain little from a second thread on 2 cores, and two
+# threads stall badly whenever another process wants a core (see README, Training).
+.venv/bin/shufflenet train shufflenet_v2_x0_5 --data digits --out "$out" --threads 1
 echo
 .venv/bin/shufflenet eval --weights "$out/model.safetensors"
 echo

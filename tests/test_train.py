@@ -108,7 +108,7 @@ def test_evaluate_weights_agrees_with_the_run(run):
     assert ev.top1 == pytest.approx(result.final.top1)
     assert ev.loss == pytest.approx(result.final.loss, rel=1e-5)
     assert sum(ev.class_counts.values()) == 360
-    per_class_hits = sum(ev.per_class[c] * ev.class_counts[c] for c in ev.per_class)
+    per_class_hits = sum((ev.per_class[c] or 0.0) * ev.class_counts[c] for c in ev.per_class)
     assert per_class_hits == pytest.approx(ev.top1 * 360)
 
 

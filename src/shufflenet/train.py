@@ -171,13 +171,16 @@ class TrainConfig:
 
 @dataclass
 class EvalResult:
-    """Accuracy of a model on a labelled set; ``top1``/``top5`` are fractions."""
+    """Accuracy of a model on a labelled set; ``top1``/``top5`` are fractions.
+
+    ``per_class`` is each class's top-1 (``None`` for a class without images).
+    """
 
     top1: float
     top5: float
     loss: float
     num_images: int
-    per_class: dict[str, float]
+    per_class: dict[str, float | None]
     class_counts: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
@@ -417,7 +420,7 @@ def _eval_result(sums: Tensor, class_names: Sequence[str]) -> EvalResult:
         loss=float(sums[0]) / n,
         num_images=int(sums[3]),
         per_class={
-            name: float(hits[i] / counts[i]) if counts[i] else float("nan")
+            name: float(hits[i] / counts[i]) if counts[i] else None
             for i, name in enumerate(class_names)
         },
         class_counts={name: int(counts[i]) for i, name in enumerate(class_names)},
