@@ -39,6 +39,7 @@ import torch
 import torchvision
 
 import shufflenet
+from shufflenet.bench import export_onnx
 from shufflenet.deploy import optimize
 from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
 from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model
@@ -84,16 +85,7 @@ def export_plain(model: torch.nn.Module, path: Path, dynamo: bool = False) -> Pa
             )
             program.save(str(path))
         else:
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=False,
-                opset_version=17,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
+            export_onnx(model, path, x)
     return path
 
 
