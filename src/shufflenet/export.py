@@ -1,11 +1,12 @@
 """Exports that verify themselves: ONNX, TorchScript and ncnn, plus int8 ONNX.
 
 Every export starts from a copy with the BatchNorms folded and the shuffles expressed with
-constant indices (:mod:`shufflenet.deploy`), so an ONNX graph has no shape-computing subgraph and
-its batch axis is dynamic. After writing, the file is run in its own runtime next to the PyTorch
+constant indices (:mod:`shufflenet.deploy`), or, for ONNX by default, from the shuffle-free graph
+of :mod:`shufflenet.fastpath`; either way an ONNX graph has no shape-computing subgraph and its
+batch axis is dynamic. After writing, the file is run in its own runtime next to the PyTorch
 model on the same inputs (random pixels through the model's preprocessing) and the largest
 absolute difference of the outputs is reported; :class:`Verification` says whether it is within
-tolerance (1e-4 for fp32).
+tolerance (1e-4 of the largest output for fp32).
 
 The files carry the model's metadata (architecture and layout, class names, preprocessing): in
 ``metadata_props`` for ONNX, as ``shufflenet.json`` inside a TorchScript archive, and in a
