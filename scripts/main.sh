@@ -6,9 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="runs/main-$(date +%Y%m%d-%H%M%S)"
-# One thread: ShuffleNet's many small ops gain little from a second thread on 2 cores, and two
-# threads stall badly whenever another process wants a core (see README, Training).
-.venv/bin/shufflenet train shufflenet_v2_x0_5 --data digits --out "$out" --threads 1
+.venv/bin/shufflenet train shufflenet_v2_x0_5 --data digits --out "$out"
 echo
 .venv/bin/shufflenet eval --weights "$out/model.safetensors"
 echo

@@ -28,8 +28,15 @@ from shufflenet.train import (
 
 TINY = "shufflenet_v1_g3_x0_25"
 # A few steps at 32x32: seconds per run.
-QUICK = {"image_size": 32, "batch_size": 32, "limit_train_batches": 4, "progress": False}
+QUICK = {
+    "image_size": 32,
+    "batch_size": 32,
+    "limit_train_batches": 4,
+    "bn_recalibrate": 2,
+    "progress": False,
+}
 QUICK_ARGS = ["--image-size", "32", "--batch-size", "32", "--limit-train-batches", "4"]
+QUICK_ARGS += ["--bn-recalibrate", "2"]
 # Subprocesses run with one thread each: identical arithmetic, no oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -96,8 +103,13 @@ def test_fit_writes_every_output(run):
     assert meta["class_names"] == [str(i) for i in range(10)] and meta["data"] == "digits"
     assert meta["preprocessing"]["input_size"] == [32, 32]
     assert meta["model_config"] == {"name": TINY, "num_classes": 10}
-    assert all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
-    assert lines[0].startswith(f"training {TINY} on digits") and "epoch 2/2" in lines[-1]
+    # the model file holds the checkpoint's weights with re-estimated BN statistics
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    state = model.state_dict()
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in state.items() if not k.endswith(stats))
+    assert not torch.equal(state["conv1.1.running_var"], ckpt["model"]["conv1.1.running_var"])
+    assert lines[0].startswith(f"training {TINY} on digits") and "epoch 2/2" in lines[-2]
+    assert lines[-1].startswith("BN statistics re-estimated on 2 batches")
     assert 0.0 <= result.final.top1 <= result.final.top5 <= 1.0
 
 
@@ -130,7 +142,7 @@ def test_existing_run_needs_resume_and_the_same_recipe(run):
 def test_cli_train_and_eval(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train", TINY, "--epochs", "1", "--out", str(out), "--no-progress", *QUICK_ARGS]
-    assert main([*argv, "--bn-recalibrate", "2", "--seed", "1"]) == 0
+    assert main([*argv, "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert "BN statistics re-estimated on 2 batches" in text
     assert re.search(r"done: val top-1 \d+\.\d\d%", text)
@@ -161,7 +173,7 @@ def test_help_quotes_the_real_defaults():
         "drop_rate",
     ):
         assert f"default {getattr(d, name)}" in helps[name], name
-    assert d.data in helps["data"] and d.bn_recalibrate == 0
+    assert d.data in helps["data"] and f"default {d.bn_recalibrate};" in helps["bn_recalibrate"]
 
 
 @pytest.mark.parametrize(

@@ -776,7 +776,7 @@ def _add_train_parsers(sub: Any) -> None:
         "--bn-recalibrate",
         type=int,
         metavar="BATCHES",
-        help="re-estimate BN statistics on BATCHES batches at the end (default 0: off)",
+        help="re-estimate BN statistics on BATCHES batches at the end (default 20; 0: off)",
     )
     opt("--init-weights", metavar="FILE", help="start from these weights (fine-tuning)")
     opt("--limit-train-batches", type=int, metavar="N", help="at most N batches per epoch")
@@ -786,7 +786,7 @@ def _add_train_parsers(sub: Any) -> None:
     flag("--resume", help="continue the run in --out from its last checkpoint")
     opt("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     opt("--workers", type=int, help="loader processes (default 0 for digits, <= 8 for folders)")
-    opt("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
+    opt("--threads", type=int, help="CPU threads (default: the cores idle at the start)")
     flag("--amp", help="mixed precision: bf16 autocast (fp16 on GPUs without bf16)")
     flag("--channels-last", help="channels_last (NHWC) memory format")
     opt("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -12,11 +12,16 @@ from .io import atomic_path
 __all__ = ["plot_curves"]
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    final_top1: float | None = None,
+) -> Path:
     """Write ``curves.png``: train/val loss (left, log scale) and val top-1/top-5 in % (right).
 
     ``history`` holds one row per epoch with ``epoch``, ``train_loss``, ``val_loss``,
-    ``val_top1`` and ``val_top5`` (fractions), as in ``metrics.csv``.
+    ``val_top1`` and ``val_top5`` (fractions), as in ``metrics.csv``. ``final_top1`` is the
+    top-1 after the last epoch's BN re-estimation, marked at the last epoch.
     """
     import matplotlib
 
@@ -34,7 +39,12 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     acc_ax.plot(epochs, [100 * r["val_top1"] for r in history], "o-", label="val top-1")
     acc_ax.plot(epochs, [100 * r["val_top5"] for r in history], "o-", label="val top-5")
     last = history[-1]["val_top1"] if history else None
-    title = "Accuracy" if last is None else f"Accuracy (last top-1 {100 * last:.2f}%)"
+    if final_top1 is not None and epochs:
+        acc_ax.plot(
+            [epochs[-1]], [100 * final_top1], "*", markersize=12, label="top-1, BN re-estimated"
+        )
+        last = final_top1
+    title = "Accuracy" if last is None else f"Accuracy (final top-1 {100 * last:.2f}%)"
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     acc_ax.set_ylim(top=100.5)
     for ax in (loss_ax, acc_ax):

@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "evaluate_weights",
     "fit",
+    "idle_threads",
     "lr_factor",
     "param_groups",
     "read_run_config",
@@ -97,9 +98,11 @@ class TrainConfig:
     linearly to ``batch_size`` (the global batch across processes): 0.015625 for 32.
     ``image_size`` ``None`` means 64 for digits and 224 for folders. ``workers`` ``None`` means 0
     for digits (held in memory) and ``min(8, cores per process)`` for folders.
-    ``threads`` sets PyTorch's CPU threads for the run (``None``: leave them as they are).
+    ``threads`` sets PyTorch's CPU threads for the run; ``None`` on CPU means
+    :func:`idle_threads` (the checkpoint records the number, so a CLI resume reuses it).
     ``limit_train_batches`` caps the batches per epoch (quick trials). ``bn_recalibrate`` is
-    the number of batches for the final BN-statistics pass (0: none). ``init_weights`` starts
+    the number of batches for the final BN-statistics pass, as the official release does
+    (0: none). ``init_weights`` starts
     from a ``shufflenet.save`` file of the same architecture (fine-tuning; a classifier of
     another size is replaced).
     """
@@ -118,7 +121,7 @@ class TrainConfig:
     image_size: int | None = None
     augment: str = "auto"
     drop_rate: float = 0.0
-    bn_recalibrate: int = 0
+    bn_recalibrate: int = 20
     init_weights: str | None = None
     limit_train_batches: int | None = None
     skip_bad_images: bool = False
@@ -219,6 +222,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def idle_threads() -> int:
+    """PyTorch's CPU threads, less the cores that other processes kept busy over the last minute.
+
+    ShuffleNet is many small ops: an OpenMP thread that shares its core with another process
+    stalls every op, which on a busy 2-core machine made two threads 20-70x slower than one.
+    """
+    threads = torch.get_num_threads()
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # no load average on this platform
+        busy = 0
+    return max(1, min(threads, (os.cpu_count() or threads) - busy))
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear") -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based).
 
@@ -244,6 +261,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _seed_all(seed: int) -> None:
@@ -854,13 +875,13 @@ class _Run:
             val_top5=result.top5,
         )
 
-    def write_reports(self) -> None:
+    def write_reports(self, final_top1: float | None = None) -> None:
         if not self.ctx.is_main:
             return
         from .plots import plot_curves
 
         _write_metrics(self.paths["metrics.csv"], self.history)
-        plot_curves(self.history, self.paths["curves.png"])
+        plot_curves(self.history, self.paths["curves.png"], final_top1)
 
     # -- the whole run --------------------------------------------------------------------
     def run(self) -> FitResult:
@@ -875,6 +896,11 @@ class _Run:
             f"{self.data.num_val} val images, {len(self.classes)} classes, "
             f"{c.image_size}x{c.image_size}, {c.epochs} epochs of {self.steps_per_epoch} "
             f"batches of {c.batch_size}, lr {c.lr:g}, {self.device.type}"
+            + (
+                f" ({_plural(torch.get_num_threads(), 'thread')})"
+                if self.device.type == "cpu"
+                else ""
+            )
             + (f" x {self.ctx.world_size} processes" if self.ctx.active else "")
             + f"; run dir {self.run_dir}"
         )
@@ -915,7 +941,7 @@ class _Run:
                     f"val loss {result.loss:.4f}  top-1 {100 * result.top1:.2f}%  "
                     f"top-5 {100 * result.top5:.2f}%"
                 )
-            self.write_reports()
+            self.write_reports(result.top1 if c.bn_recalibrate else None)
             self.save_model(c.epochs, result)
         return FitResult(
             run_dir=self.run_dir,
@@ -941,6 +967,8 @@ def fit(config: TrainConfig, log: Log | None = None) -> FitResult:
     """
     config = config.validated()
     threads = torch.get_num_threads()
+    if config.threads is None and resolve_device(config.device).type == "cpu":
+        config = replace(config, threads=idle_threads())
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
