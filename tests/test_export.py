@@ -13,7 +13,12 @@ import shufflenet
 from shufflenet import data
 from shufflenet.cli import main
 from shufflenet.deploy import fuse_bn, static_shuffles
-from shufflenet.export import export_model, read_onnx_metadata
+from shufflenet.export import (
+    default_int8_weights,
+    export_model,
+    quantize_int8,
+    read_onnx_metadata,
+)
 
 PARITY = [
     *[(n, None) for n in shufflenet.list_models("shufflenet_v2_*")],
@@ -190,5 +195,28 @@ def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys):
     assert by_kind["depthwise"] < by_kind["conv1x1+relu"] - 3
     assert all(layer["kind"] == "depthwise" for layer in int8["weakest_layers"])
     meta = read_onnx_metadata(int8["path"])
-    assert meta["quantization"]["weights"] == "int8 per-channel"
+    # int8 weights only where ONNX Runtime's U8S8 kernels do not saturate (VNNI or ARM)
+    assert meta["quantization"]["weights"] == f"{default_int8_weights()} per-channel"
+    assert int8["weights"] == meta["quantization"]["weights"]
     assert meta["class_names"] == data.DIGITS_CLASSES
+
+
+def test_int8_weight_type_follows_the_cpu():
+    vnni = frozenset({"avx2", "avx512f", "avx512_vnni"})
+    assert default_int8_weights("x86_64", vnni) == "int8"
+    assert default_int8_weights("x86_64", frozenset({"avx2", "avx_vnni"})) == "int8"
+    assert default_int8_weights("x86_64", frozenset({"avx2", "fma"})) == "uint8"  # saturates
+    assert default_int8_weights("AMD64", frozenset()) == "uint8"
+    assert default_int8_weights("aarch64", frozenset()) == "int8"
+    assert default_int8_weights("arm64") == "int8"
+    assert default_int8_weights() in ("int8", "uint8")
+
+
+def test_quantize_int8_rejects_unknown_types(tmp_path):
+    model = shufflenet.create_model("shufflenet_v2_x0_5", num_classes=10)
+    calib = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="weights must be auto, int8 or uint8"):
+        quantize_int8(model, tmp_path / "q.onnx", calib, weights="int4")
+    with pytest.raises(ValueError, match="activations must be uint8 or int8"):
+        quantize_int8(model, tmp_path / "q.onnx", calib, activations="fp8")
+    assert not (tmp_path / "q.onnx").exists()

@@ -554,6 +554,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         int8_layer_errors,
         model_metadata,
         quantize_int8,
+        read_onnx_metadata,
     )
     from .fastpath import ONNXRUNTIME
     from .registry import create_model
@@ -604,8 +605,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
             pre = {**pre, "input_size": list(args.input_size)}
         calib, images, labels = calibration_data(args.calib, pre)
         quantize_int8(
-            model, int8_path, calib, opset=args.opset, batch=batch, input_size=args.input_size
+            model,
+            int8_path,
+            calib,
+            opset=args.opset,
+            batch=batch,
+            input_size=args.input_size,
+            weights=args.int8_weights,
         )
+        scheme = read_onnx_metadata(int8_path)["quantization"]
         report = compare_int8(out, int8_path, images, labels)
         layers = int8_layer_errors(
             model, int8_path, images, opset=args.opset, batch=batch, input_size=args.input_size
@@ -613,12 +621,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         record["int8"] = {
             "path": str(int8_path),
             "calib": args.calib,
+            "weights": scheme["weights"],
             **report.to_dict(),
             "sqnr_db_by_kind": _median_by_kind(layers),
             "weakest_layers": [vars(layer) for layer in layers[:5]],
         }
         if not args.json:
-            print(f"wrote {int8_path} ({_mb(report.int8_bytes)})")
+            print(f"wrote {int8_path} ({_mb(report.int8_bytes)}; weights {scheme['weights']})")
             _print_int8(report, args.calib)
             kinds = ", ".join(f"{k} {v:.1f}" for k, v in _median_by_kind(layers).items())
             print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
@@ -683,6 +692,13 @@ def _add_deploy_parsers(sub: Any) -> None:
     )
     p.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx and compare")
     p.add_argument("--calib", help="with --int8: 'digits' or an image folder")
+    p.add_argument(
+        "--int8-weights",
+        choices=("auto", "int8", "uint8"),
+        default="auto",
+        help="with --int8: weight type; auto: int8 where this CPU has VNNI (or is ARM), else "
+        "uint8 (ONNX Runtime's U8S8 kernels saturate on x86 without VNNI)",
+    )
     p.add_argument("--out", required=True, help="output file (ncnn: FILE.param)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_export)

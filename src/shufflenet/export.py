@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +53,7 @@ __all__ = [
     "Verification",
     "calibration_data",
     "compare_int8",
+    "default_int8_weights",
     "export_model",
     "export_ncnn",
     "export_onnx",
@@ -533,6 +535,38 @@ def _batch_axis(session: Any, default: int) -> tuple[int, bool]:
     return (dim, True) if isinstance(dim, int) else (default, False)
 
 
+# x86 CPU flags of the instructions that multiply uint8 by int8 into 32-bit sums without saturating.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU flags Linux reports in /proc/cpuinfo, or None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return frozenset(line.split(":", 1)[1].split())
+
+
+def default_int8_weights(
+    machine: str | None = None, cpu_flags: frozenset[str] | None = None
+) -> str:
+    """The int8 weight type that keeps ONNX Runtime exact on this CPU: ``int8`` or ``uint8``.
+
+    uint8 activations times int8 weights (U8S8) is ONNX Runtime's fast pairing, but on x86 CPUs
+    without VNNI its AVX2/AVX-512 kernels add pairs of products in 16 bits (``vpmaddubsw``), which
+    saturate; ONNX Runtime's quantization guide recommends U8U8 there. ``int8`` on ARM and on
+    x86 with VNNI (or AMX); ``uint8`` on other x86 CPUs, and where the flags cannot be read.
+    Arguments default to this machine.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "int8"
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return "int8" if flags is not None and flags & VNNI_FLAGS else "uint8"
+
+
 def quantize_int8(
     model: ShuffleNetBase,
     out_path: str | os.PathLike[str],
@@ -544,15 +578,16 @@ def quantize_int8(
     batch_size: int = 16,
     fastpath: FastPathOptions | None = None,
     activations: str = "uint8",
+    weights: str = "auto",
 ) -> Path:
-    """Post-training static int8 ONNX of ``model``: QDQ, per-channel int8 weights, uint8 (or
-    int8) activations with min/max ranges from ``calibration`` images (N, C, H, W).
+    """Post-training static int8 ONNX of ``model``: QDQ, 8-bit weights with one scale per output
+    channel, uint8 (or int8) activations with min/max ranges from ``calibration`` images.
 
-    ``fastpath`` picks the fp32 graph to quantize (see :func:`onnx_bytes`); the default is the
-    plain BN-folded one (zero-padded shuffle-free layouts quantize into more, slower QDQ pairs).
-    uint8 activations with int8 weights (U8S8) is ONNX Runtime's fast combination on x86
-    (``benchmarks/int8_cpu.py``). The file carries the model's metadata plus a
-    ``quantization`` entry.
+    ``weights`` is ``int8``, ``uint8`` or ``auto`` (:func:`default_int8_weights` for this CPU:
+    U8S8 where ONNX Runtime computes it without saturating, U8U8 elsewhere). ``fastpath`` picks
+    the fp32 graph to quantize (see :func:`onnx_bytes`); the default is the plain BN-folded one
+    (zero-padded shuffle-free layouts quantize into more, slower QDQ pairs). The file carries
+    the model's metadata plus a ``quantization`` entry.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -568,6 +603,10 @@ def quantize_int8(
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if activations not in types:
         raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
+    if weights == "auto":
+        weights = default_int8_weights()
+    if weights not in types:
+        raise ValueError(f"weights must be auto, int8 or uint8, got {weights!r}")
     fp32 = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=fastpath)
     metadata = read_onnx_metadata(fp32)
     chunks = _batches(calibration, batch or batch_size, batch is not None)
@@ -585,13 +624,13 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=types[activations],
-            weight_type=QuantType.QInt8,
+            weight_type=types[weights],
             calibrate_method=CalibrationMethod.MinMax,
         )
         proto = onnx.load(str(quantized))
     metadata["quantization"] = {
         "method": "onnxruntime static QDQ",
-        "weights": "int8 per-channel",
+        "weights": f"{weights} per-channel",
         "activations": f"{activations} per-tensor, min/max calibration",
         "calibration_images": len(calibration),
     }
