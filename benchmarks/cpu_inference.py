@@ -6,7 +6,9 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
 
 * ``ort``: our shufflenet_v2_x1_0 export (shuffle-free graph) vs torchvision's model exported
   with the legacy and the dynamo exporter (dynamic batch axis; the faster is the baseline), in
-  ONNX Runtime with 2 intra-op threads and all graph optimisations, batch 1 and 32.
+  ONNX Runtime with all graph optimisations, batch 1 and 32. ONNX Runtime sessions are timed in
+  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.bench``): with a
+  pool per session, the idle pools spin and slow whichever session runs next.
 * ``v1``: the same for shufflenet_v1_g3_x1_0 against a straightforward export of our own model.
 * ``engines``: each (engine, model) in its own process, alternated: OpenVINO (fp32) on
   torchvision's export, and ONNX Runtime / OpenVINO on ours.
@@ -39,7 +41,7 @@ import torch
 import torchvision
 
 import shufflenet
-from shufflenet.bench import export_onnx
+from shufflenet.bench import Timing, export_onnx, measure_onnxruntime_cpu
 from shufflenet.deploy import optimize
 from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
 from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model
@@ -145,18 +147,42 @@ def _ort_runner(path: Path, x: np.ndarray) -> tuple[Callable[[], object], np.nda
     return (lambda: session.run(None, feed)), session.run(None, feed)[0]
 
 
+def ort_interleaved(
+    files: dict[str, Path], x: np.ndarray, rounds: int, seconds: float = 0.4
+) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of each file in ONNX Runtime, interleaved in one process
+    whose sessions share one pool of THREADS threads (``shufflenet.bench``)."""
+    probe = ort_session(next(iter(files.values())))
+    feed = {probe.get_inputs()[0].name: x}
+    probe.run(None, feed)
+    t0 = time.perf_counter()
+    probe.run(None, feed)
+    per_round = max(2, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+    job = {name: (str(path), x) for name, path in files.items()}
+    (timings,) = measure_onnxruntime_cpu(
+        [job], threads=THREADS, runs=rounds * per_round, warmup=3, rounds=rounds
+    )
+    return {name: round_medians(t, rounds) for name, t in timings.items()}
+
+
+def round_medians(timing: Timing, rounds: int) -> list[float]:
+    """The median of each round (``measure`` keeps the samples in round order)."""
+    per_round = len(timing.samples_ms) // rounds
+    samples = timing.samples_ms
+    return [statistics.median(samples[r * per_round : (r + 1) * per_round]) for r in range(rounds)]
+
+
 def ort_compare(
     base_paths: dict[str, Path], ours_path: Path, batch: int, rounds: int
 ) -> dict[str, Any]:
     """Time the baselines and ours in ORT; the faster baseline (by median) is the reference."""
     x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), np.float32)
-    runs, outputs = {}, {}
-    for name, path in [*base_paths.items(), ("ours", ours_path)]:
-        runs[name], outputs[name] = _ort_runner(path, x)
+    files = {**base_paths, "ours": ours_path}
+    outputs = {name: _ort_runner(path, x)[1] for name, path in files.items()}
     diff = max(float(np.abs(outputs["ours"] - out).max()) for out in outputs.values())
     if diff > TOLERANCE:
         raise RuntimeError(f"outputs differ by {diff:.3g} at batch {batch}")
-    samples = interleaved(runs, rounds)
+    samples = ort_interleaved(files, x, rounds)
     base = min(base_paths, key=lambda name: statistics.median(samples[name]))
     return {
         "batch": batch,
@@ -270,7 +296,6 @@ def section_int8(workdir: Path, rounds: int) -> dict[str, Any]:
     }
     images = sample_inputs(64, 3, preprocessing, seed=2).numpy()
     ref = ort_session(fp32).run(None, {"input": images})[0]
-    runs = {"fp32": _ort_runner(fp32, images[:1])[0]}
     result: dict[str, Any] = {"batch": 1, "images": len(images)}
     for name, path in int8.items():
         got = ort_session(path).run(None, {"input": images})[0]
@@ -279,8 +304,7 @@ def section_int8(workdir: Path, rounds: int) -> dict[str, Any]:
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
             "mean_cosine": float(cosine.mean()),
         }
-        runs[name] = _ort_runner(path, images[:1])[0]
-    samples = interleaved(runs, rounds)
+    samples = ort_interleaved({"fp32": fp32, **int8}, images[:1], rounds)
     result["ms"] = {k: statistics.median(v) for k, v in samples.items()}
     for name in int8:
         result[name]["speedup"] = ratio(samples["fp32"], samples[name])

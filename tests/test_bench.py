@@ -16,7 +16,9 @@ from shufflenet.bench import (
     export_onnx,
     make_engine,
     measure,
+    measure_onnxruntime_cpu,
     run_bench,
+    time_engine,
 )
 from shufflenet.cli import main
 from shufflenet.complexity import profile
@@ -92,6 +94,31 @@ def test_onnx_export_runs_the_same_model(tmp_path):
     (y,) = session.run(None, {"input": x.numpy()})  # batch 3 through the dynamic axis
     with torch.no_grad():
         np.testing.assert_allclose(y, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_timing_process_shares_one_pool(tmp_path):
+    model = shufflenet.create_model("shufflenet_v1_g3_x0_25").eval()
+    path = str(export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32)))
+    x1, x2 = (np.zeros((b, 3, 32, 32), np.float32) for b in (1, 2))
+    jobs = [{"a": (path, x1), "b": (path, x1)}, {("a", 2): (path, x2)}]
+    results = measure_onnxruntime_cpu(jobs, threads=1, runs=4, warmup=1, rounds=2)
+    assert [set(r) for r in results] == [{"a", "b"}, {("a", 2)}]
+    assert all(len(t.samples_ms) == 4 and t.median_ms > 0 for r in results for t in r.values())
+    bad = [{"a": (path, np.zeros((1, 3, 32, 31), np.float32))}]  # the model's width is fixed
+    with pytest.raises(RuntimeError, match="dimensions"):
+        measure_onnxruntime_cpu(bad, threads=1, runs=1, warmup=0)
+
+
+@pytest.mark.parametrize(
+    "engine", [e for e in ("eager", "onnxruntime") if e in available_engines()]
+)
+def test_time_engine_gives_one_result_per_job(engine):
+    models = {k: nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval() for k in ("p", "q")}
+    x = torch.randn(1, 3, 8, 8)
+    jobs = [{"p": x, "q": x}, {"q": torch.randn(3, 3, 8, 8)}]
+    results = time_engine(engine, models, dict.fromkeys(models, x), jobs, runs=3, warmup=0)
+    assert [set(r) for r in results] == [{"p", "q"}, {"q"}]
+    assert all(len(t.samples_ms) == 3 for r in results for t in r.values())
 
 
 def test_engines_leave_the_model_alone():

@@ -8,12 +8,17 @@ with ``time.perf_counter`` on the CPU, with CUDA events after a synchronisation 
 The models measured with one engine are interleaved in a few rounds (each round re-warms a
 runner with one untimed call) so that ratios between them are taken under the same machine load;
 engines run one after the other, so that one runtime's thread pool never competes with another's.
+ONNX Runtime on the CPU runs in a process of its own whose sessions share one thread pool, as in
+an application that loads several models: with a pool per session, the idle pools keep spinning
+while another session runs and slow it by an amount that depends on its position.
 Statistics are the median and the interquartile range.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import multiprocessing
 import os
 import platform
 import statistics
@@ -21,6 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +57,9 @@ __all__ = [
     "machine_info",
     "make_engine",
     "measure",
+    "measure_onnxruntime_cpu",
     "run_bench",
+    "time_engine",
     "torch_threads",
 ]
 
@@ -201,13 +209,21 @@ def _torch_engine(model: nn.Module, engine: str, device: str) -> Engine:
     return bind
 
 
-def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
+def _ort_options(threads: int | None, shared_pool: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
+    if shared_pool:
+        options.use_per_session_threads = False
+    elif threads is not None:
         options.intra_op_num_threads = threads
+    return options
+
+
+def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
+    import onnxruntime as ort
+
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -216,7 +232,7 @@ def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> En
                 "or bench the onnxruntime engine with --device cpu"
             )
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(onnx_file), options, providers=providers)
+    session = ort.InferenceSession(str(onnx_file), _ort_options(threads), providers=providers)
     input_name = session.get_inputs()[0].name
 
     def bind(x: Tensor) -> TimedRun:
@@ -226,12 +242,59 @@ def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> En
     return bind
 
 
+OrtJob = Mapping[K, tuple[str, np.ndarray]]  # runner key -> (ONNX file, input batch)
+
+
+def _onnxruntime_worker(
+    jobs: Sequence[OrtJob[K]], threads: int | None, runs: int, warmup: int, rounds: int
+) -> list[dict[K, Timing]]:
+    """In a fresh process: one shared intra-op pool, a session per file, :func:`measure` per job."""
+    import onnxruntime as ort
+
+    ort.set_global_thread_pool_sizes(threads or 0, 1)
+    options = _ort_options(threads, shared_pool=True)
+    sessions: dict[str, Any] = {}
+    results = []
+    for job in jobs:
+        runners = {}
+        for key, (path, x) in job.items():
+            if path not in sessions:
+                sessions[path] = ort.InferenceSession(
+                    path, options, providers=["CPUExecutionProvider"]
+                )
+            session = sessions[path]
+            feed = {session.get_inputs()[0].name: x}
+            runners[key] = _timed(functools.partial(session.run, None, feed), cuda_events=False)
+        try:
+            results.append(measure(runners, runs=runs, warmup=warmup, rounds=rounds))
+        except Exception as e:  # ONNX Runtime's errors do not pickle as themselves
+            raise RuntimeError(str(e)) from None
+    return results
+
+
+def measure_onnxruntime_cpu(
+    jobs: Sequence[OrtJob[K]],
+    *,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    rounds: int = 5,
+) -> list[dict[K, Timing]]:
+    """Time ONNX files in ONNX Runtime on the CPU, in a process of its own; a result per job.
+
+    A job maps runner keys to (file, input); its runners are interleaved as in :func:`measure`.
+    All sessions share one pool of ``threads`` intra-op threads (``None``: ONNX Runtime's
+    default), which a process can set only once, before its first session: hence the process.
+    """
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with live thread pools
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(_onnxruntime_worker, jobs, threads, runs, warmup, rounds).result()
+
+
 def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
     if device != "cpu":
         raise ValueError("the openvino engine runs on the CPU only; use --device cpu")
-    import openvino as ov
-
-    core = ov.Core()
+    core = openvino_core()
     # fp32 like the other engines: OpenVINO would run bf16 by default on AMX CPUs
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads is not None:
@@ -245,6 +308,19 @@ def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engin
         return _timed(lambda: request.infer({0: data}, share_inputs=True), cuda_events=False)
 
     return bind
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``.
+
+    Never let one go: the CPU plugin gives the calling thread an alternate signal stack and
+    frees it when the last Core unloads the plugin, with the stack still registered, so the next
+    signal handled on that thread (SIGCHLD from a DataLoader worker, say) crashes the process.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 def make_engine(
@@ -273,16 +349,63 @@ def make_engine(
             raise ValueError("the optimized engine runs on the CPU only; use --device cpu")
         fast = optimize(model, example=example)
         return lambda x: _timed(lambda: fast(x), cuda_events=False)
+    onnx_file = _onnx_file(model, engine, example, workdir)
+    if engine.startswith("onnxruntime"):
+        return _onnxruntime_engine(onnx_file, device, threads)
+    return _openvino_engine(onnx_file, device, threads)
+
+
+def _onnx_file(
+    model: nn.Module, engine: str, example: Tensor, workdir: str | os.PathLike[str] | None
+) -> Path:
+    """The ONNX export an ONNX Runtime or OpenVINO engine runs, in a fresh folder of ``workdir``."""
     onnx_file = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir)) / "model.onnx"
     if engine.endswith("_fast"):  # models without a fast path export as they are
         from .fastpath import ONNXRUNTIME, OPENVINO, fast_model, fastpath_support
 
         if fastpath_support(model) is None:
             model = fast_model(model, OPENVINO if engine == "openvino_fast" else ONNXRUNTIME)
-    export_onnx(model.eval(), onnx_file, example)
-    if engine.startswith("onnxruntime"):
-        return _onnxruntime_engine(onnx_file, device, threads)
-    return _openvino_engine(onnx_file, device, threads)
+    return export_onnx(model.eval(), onnx_file, example)
+
+
+def time_engine(
+    engine: str,
+    models: Mapping[K, nn.Module],
+    examples: Mapping[K, Tensor],
+    jobs: Sequence[Mapping[K, Tensor]],
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    runs: int = 30,
+    warmup: int = 5,
+    workdir: str | os.PathLike[str] | None = None,
+) -> list[dict[K, Timing]]:
+    """Time ``models`` with ``engine``: one result per job, a job mapping keys to input batches.
+
+    ``examples`` fixes each model's export (see :func:`make_engine`). Within a job the models
+    are interleaved (:func:`measure`); ONNX Runtime on the CPU runs through
+    :func:`measure_onnxruntime_cpu`. A model that fails on its input raises ``RuntimeError``.
+    """
+    if engine.startswith("onnxruntime") and device == "cpu":
+        if engine not in available_engines():
+            raise ValueError(_unknown_engine(engine))
+        files = {
+            key: str(_onnx_file(m, engine, examples[key], workdir)) for key, m in models.items()
+        }
+        ort_jobs = [{key: (files[key], x.numpy()) for key, x in job.items()} for job in jobs]
+        return measure_onnxruntime_cpu(ort_jobs, threads=threads, runs=runs, warmup=warmup)
+    binders = {
+        key: make_engine(
+            m, engine, example=examples[key], device=device, threads=threads, workdir=workdir
+        )
+        for key, m in models.items()
+    }
+    results = []
+    for job in jobs:
+        with torch.inference_mode():
+            runners = {key: binders[key](x) for key, x in job.items()}
+            results.append(measure(runners, runs=runs, warmup=warmup))
+    return results
 
 
 def _unknown_engine(engine: str) -> str:
@@ -422,31 +545,28 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         example = torch.randn(1, 3, h, w)
         # One engine at a time: its runners are interleaved with each other only, so that one
         # runtime's spinning thread pool never competes with another's while being timed.
+        models = {(name, impl): model for name, impl, model in subjects}
+        inputs = [
+            torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+            for batch in config.batch_sizes
+        ]
         for engine in config.engines:
-            note(f"{engine}: preparing {len(subjects)} models")
-            binders = {
-                (name, impl): make_engine(
-                    model,
+            note(f"{engine}: {len(models)} models, batch sizes {list(config.batch_sizes)}")
+            try:
+                by_batch = time_engine(
                     engine,
-                    example=example,
+                    models,
+                    dict.fromkeys(models, example),
+                    [dict.fromkeys(models, x) for x in inputs],
                     device=config.device,
                     threads=config.threads,
+                    runs=config.runs,
+                    warmup=config.warmup,
                     workdir=workdir,
                 )
-                for name, impl, model in subjects
-            }
-            for batch in config.batch_sizes:
-                x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
-                note(f"{engine}, batch {batch}: {config.runs} runs of {len(binders)} models")
-                try:
-                    with torch.inference_mode():
-                        timings = measure(
-                            {key: bind(x) for key, bind in binders.items()},
-                            runs=config.runs,
-                            warmup=config.warmup,
-                        )
-                except RuntimeError as e:
-                    raise ValueError(f"a model failed at batch {batch}, input {h}x{w}: {e}") from e
+            except RuntimeError as e:
+                raise ValueError(f"a model failed with {engine}, input {h}x{w}: {e}") from e
+            for batch, timings in zip(config.batch_sizes, by_batch, strict=True):
                 for (name, impl), t in timings.items():
                     card = model_card(name)
                     result.records.append(
@@ -469,7 +589,6 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                             top1_source=card.top1_source,
                         )
                     )
-            del binders  # free this engine's sessions before the next one
     _add_speedups(result.records)
     return result
 

@@ -35,8 +35,7 @@ from .bench import (
     available_engines,
     check_device,
     machine_info,
-    make_engine,
-    measure,
+    time_engine,
     torch_threads,
 )
 from .complexity import profile
@@ -374,7 +373,7 @@ def run_guidelines(
                 )
             for column in config.columns:
                 note(f"{key} {table.columns[column]}: timing {len(table.rows)} rows")
-                runners = {}
+                nets, inputs = {}, {}
                 for i in range(len(table.rows)):
                     net, c_in, setting = build_benchmark(key, i, column)
                     stats = profile(net, (c_in, INPUT_SIZE, INPUT_SIZE))
@@ -382,18 +381,19 @@ def run_guidelines(
                     measured.settings.append(setting)
                     measured.mflops.append(stats.flops / 1e6)
                     measured.mac_m.append(stats.mac / 1e6)
-                    x = torch.randn(config.batch_size, c_in, INPUT_SIZE, INPUT_SIZE)
-                    engine = make_engine(
-                        net,
-                        config.engine,
-                        example=x[:1],
-                        device=config.device,
-                        threads=config.threads,
-                        workdir=workdir,
-                    )
-                    runners[i] = engine(x)
-                with torch.inference_mode():
-                    timings = measure(runners, runs=runs, warmup=warmup)
+                    nets[i] = net
+                    inputs[i] = torch.randn(config.batch_size, c_in, INPUT_SIZE, INPUT_SIZE)
+                (timings,) = time_engine(
+                    config.engine,
+                    nets,
+                    {i: x[:1] for i, x in inputs.items()},
+                    [inputs],
+                    device=config.device,
+                    threads=config.threads,
+                    runs=runs,
+                    warmup=warmup,
+                    workdir=workdir,
+                )
                 for i, t in timings.items():
                     out.rows[i].median_ms.append(t.median_ms)
                     out.rows[i].iqr_ms.append(t.iqr_ms)
