@@ -12,6 +12,7 @@ import torch
 from conftest import randomize_bn
 
 import shufflenet
+from shufflenet import deploy
 from shufflenet.deploy import optimize
 from shufflenet.export import onnx_bytes, read_onnx_metadata
 from shufflenet.fastpath import (
@@ -139,7 +140,12 @@ def test_onnx_export_is_shuffle_free_exact_and_batch_dynamic(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name,backend", [("shufflenet_v2_x0_5", "jit"), ("shufflenet_v1_g3_x0_25", "eager")]
+    "name,backend",
+    [
+        ("shufflenet_v2_x0_5", "jit"),
+        ("shufflenet_v1_g3_x0_25", "eager"),
+        ("shufflenet_v2_x0_5", "inductor"),  # compiles C++: the machine has a compiler
+    ],
 )
 def test_optimize_is_exact(name: str, backend: str) -> None:
     model = _model(name)
@@ -149,3 +155,11 @@ def test_optimize_is_exact(name: str, backend: str) -> None:
     assert _max_diff(fast, model, torch.randn(1, 3, 64, 64)) < TOL
     with pytest.raises(ValueError, match="backend"):
         optimize(model, backend="tvm")
+
+
+def test_optimize_auto_backend_needs_a_compiler_for_inductor(monkeypatch) -> None:
+    model = _model("shufflenet_v1_g3_x0_25")
+    monkeypatch.setattr(deploy, "has_cxx_compiler", lambda: False)
+    assert isinstance(optimize(model), torch.jit.ScriptModule)  # TorchScript: nothing to compile
+    monkeypatch.setattr(deploy, "has_cxx_compiler", lambda: True)
+    assert isinstance(optimize(model), deploy._Inductor)  # compiles on its first call

@@ -67,7 +67,7 @@ ENGINES = (
     "eager",
     "channels_last",
     "compile",
-    "optimized",  # shufflenet.deploy.optimize: shuffle-free, BN folded, channels_last, jit
+    "optimized",  # shufflenet.deploy.optimize: shuffle-free, BN folded, channels_last, compiled
     "onnxruntime",
     "onnxruntime_fast",  # our shuffle-free ONNX graph (shufflenet.fastpath), ORT layout
     "openvino",
