@@ -67,7 +67,7 @@ def test_bench_records_schema_and_torchvision_ratio():
         compare="torchvision",
     )
     data = json.loads(json.dumps(run_bench(config).to_dict()))
-    assert {"cpu", "torch", "onnxruntime"} <= set(data["machine"])
+    assert {"cpu", "simd", "torch", "onnxruntime"} <= set(data["machine"])
     records = data["records"]
     keys = {(r["implementation"], r["engine"], r["batch_size"]) for r in records}
     assert len(records) == len(keys) == 2 * len(engines) * 2  # one per (impl, engine, batch)

@@ -24,6 +24,7 @@ from shufflenet.fastpath import (
     _stage_routes,
     fast_model,
     fastpath_support,
+    onnxruntime_layout,
 )
 
 TOL = 1e-4
@@ -70,9 +71,18 @@ def test_v2_rewrite_options_and_heads() -> None:
         FastPathOptions(node_cost=-1)
 
 
+def test_onnxruntime_layout_follows_the_nchwc_block() -> None:
+    avx2 = onnxruntime_layout(frozenset({"avx2", "fma"}))
+    assert (avx2.chunk_align, avx2.branch_align, avx2.stem_align) == (8, 8, 8)
+    avx512 = onnxruntime_layout(frozenset({"avx2", "avx512f"}))
+    assert (avx512.chunk_align, avx512.branch_align, avx512.stem_align) == (16, 16, 32)
+    assert onnxruntime_layout(frozenset()) == avx512  # ARM, or x86 without AVX2
+    assert onnxruntime_layout() == ONNXRUNTIME  # this machine's
+
+
 def test_v2_padding_and_chunks_follow_the_options() -> None:
     model = _model("shufflenet_v2_x1_0")
-    fast = fast_model(model, ONNXRUNTIME)
+    fast = fast_model(model, onnxruntime_layout(frozenset({"avx512f"})))
     assert isinstance(fast, FastShuffleNetV2)
     assert _max_diff(fast, model, torch.randn(1, 3, 64, 64)) < TOL
     convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]

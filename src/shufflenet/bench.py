@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import multiprocessing
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from .baselines import (
     model_card,
 )
 from .complexity import profile
+from .cpu import cpu_name, simd_features
 
 __all__ = [
     "ENGINES",
@@ -245,30 +247,30 @@ def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> En
 OrtJob = Mapping[K, tuple[str, np.ndarray]]  # runner key -> (ONNX file, input batch)
 
 
-def _onnxruntime_worker(
-    jobs: Sequence[OrtJob[K]], threads: int | None, runs: int, warmup: int, rounds: int
-) -> list[dict[K, Timing]]:
-    """In a fresh process: one shared intra-op pool, a session per file, :func:`measure` per job."""
+def _onnxruntime_worker(spec: dict[str, Any]) -> list[list[list[float]]]:
+    """In a fresh process: one shared intra-op pool, a session per file, :func:`measure` per job.
+
+    ``spec`` holds the settings and, per job, a list of [ONNX file, .npy input] pairs; the result
+    holds, per job, each runner's samples in milliseconds.
+    """
     import onnxruntime as ort
 
-    ort.set_global_thread_pool_sizes(threads or 0, 1)
-    options = _ort_options(threads, shared_pool=True)
+    ort.set_global_thread_pool_sizes(spec["threads"] or 0, 1)
+    options = _ort_options(spec["threads"], shared_pool=True)
     sessions: dict[str, Any] = {}
     results = []
-    for job in jobs:
+    for job in spec["jobs"]:
         runners = {}
-        for key, (path, x) in job.items():
+        for i, (path, npy) in enumerate(job):
             if path not in sessions:
                 sessions[path] = ort.InferenceSession(
                     path, options, providers=["CPUExecutionProvider"]
                 )
             session = sessions[path]
-            feed = {session.get_inputs()[0].name: x}
-            runners[key] = _timed(functools.partial(session.run, None, feed), cuda_events=False)
-        try:
-            results.append(measure(runners, runs=runs, warmup=warmup, rounds=rounds))
-        except Exception as e:  # ONNX Runtime's errors do not pickle as themselves
-            raise RuntimeError(str(e)) from None
+            feed = {session.get_inputs()[0].name: np.load(npy, allow_pickle=False)}
+            runners[i] = _timed(functools.partial(session.run, None, feed), cuda_events=False)
+        timings = measure(runners, runs=spec["runs"], warmup=spec["warmup"], rounds=spec["rounds"])
+        results.append([list(timings[i].samples_ms) for i in range(len(job))])
     return results
 
 
@@ -285,10 +287,34 @@ def measure_onnxruntime_cpu(
     A job maps runner keys to (file, input); its runners are interleaved as in :func:`measure`.
     All sessions share one pool of ``threads`` intra-op threads (``None``: ONNX Runtime's
     default), which a process can set only once, before its first session: hence the process.
+    A runner that fails (say, on an input shape its file does not take) raises ``RuntimeError``.
     """
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process with live thread pools
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        return pool.submit(_onnxruntime_worker, jobs, threads, runs, warmup, rounds).result()
+    with tempfile.TemporaryDirectory(prefix="shufflenet-ort-") as tmp:
+        saved: dict[int, str] = {}  # one .npy per distinct input array
+        spec_jobs = []
+        for job in jobs:
+            entries = []
+            for path, x in job.values():
+                if id(x) not in saved:
+                    saved[id(x)] = str(Path(tmp, f"{len(saved)}.npy"))
+                    np.save(saved[id(x)], x, allow_pickle=False)
+                entries.append([str(path), saved[id(x)]])
+            spec_jobs.append(entries)
+        spec = {"jobs": spec_jobs, "threads": threads, "runs": runs, "warmup": warmup}
+        proc = subprocess.run(
+            [sys.executable, "-m", "shufflenet.bench"],
+            input=json.dumps({**spec, "rounds": rounds}),
+            capture_output=True,
+            text=True,
+        )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        raise RuntimeError(f"ONNX Runtime timing failed: {lines[-1].removeprefix('error: ')}")
+    samples = json.loads(proc.stdout)
+    return [
+        {key: Timing(tuple(s)) for key, s in zip(job, job_samples, strict=True)}
+        for job, job_samples in zip(jobs, samples, strict=True)
+    ]
 
 
 def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
@@ -426,14 +452,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     """The machine and software a measurement came from."""
     import onnxruntime
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     info: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
+        "simd": simd_features(),  # which kernels the runtimes can pick
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -609,3 +630,10 @@ def _config_dict(config: BenchConfig, names: list[str]) -> dict[str, Any]:
     data = asdict(config)
     data["models"] = names
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+if __name__ == "__main__":  # the ONNX Runtime timing process of measure_onnxruntime_cpu
+    try:
+        print(json.dumps(_onnxruntime_worker(json.load(sys.stdin))))
+    except Exception as e:  # one line for the parent's RuntimeError
+        sys.exit(f"error: {' '.join(str(e).split())}")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import cpu
 from .base import ShuffleNetBase
 from .deploy import fuse_bn, static_shuffles
 from .fastpath import ONNXRUNTIME, FastPathOptions, fast_model, fastpath_support
@@ -265,7 +266,7 @@ def onnx_bytes(
     plain_reason = "not requested" if fastpath is None else fastpath_support(model)
     if plain_reason is None:
         graph = fast_model(model, fastpath)  # type: ignore[arg-type]
-        metadata["graph"] = "shuffle-free (shufflenet.fastpath)"
+        metadata["graph"] = f"shuffle-free (shufflenet.fastpath, {fastpath})"
     else:
         graph = _graph_form(model)
         metadata["graph"] = f"plain BN-folded (no fast path: {plain_reason})"
@@ -539,16 +540,6 @@ def _batch_axis(session: Any, default: int) -> tuple[int, bool]:
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def _cpu_flags() -> frozenset[str] | None:
-    """The CPU flags Linux reports in /proc/cpuinfo, or None where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next(line for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    return frozenset(line.split(":", 1)[1].split())
-
-
 def default_int8_weights(
     machine: str | None = None, cpu_flags: frozenset[str] | None = None
 ) -> str:
@@ -563,7 +554,7 @@ def default_int8_weights(
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return "int8"
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    flags = cpu.cpu_flags() if cpu_flags is None else cpu_flags
     return "int8" if flags is not None and flags & VNNI_FLAGS else "uint8"
 
 
