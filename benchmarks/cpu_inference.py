@@ -10,6 +10,8 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
   a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.bench``): with a
   pool per session, the idle pools spin and slow whichever session runs next.
 * ``v1``: the same for shufflenet_v1_g3_x1_0 against a straightforward export of our own model.
+* ``layouts``: our V2 1x export padded to ONNX Runtime's AVX-512 and AVX2 NCHWc channel blocks
+  (16 and 8; the default export uses this CPU's), each against torchvision's legacy export.
 * ``engines``: each (engine, model) in its own process, alternated: OpenVINO (fp32) on
   torchvision's export, and ONNX Runtime / OpenVINO on ours.
 * ``eager``: ``shufflenet.deploy.optimize`` vs torchvision eager, batch 1.
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,14 +42,20 @@ import torch
 import torchvision
 
 import shufflenet
-from shufflenet.bench import Timing, export_onnx, measure_onnxruntime_cpu
+from shufflenet.bench import (
+    Timing,
+    export_onnx,
+    machine_info,
+    measure_onnxruntime_cpu,
+    openvino_core,
+)
 from shufflenet.deploy import optimize
 from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
-from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model
+from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model, onnxruntime_layout
 
 THREADS = 2
 TOLERANCE = 1e-4
-SECTIONS = ("ort", "v1", "engines", "eager", "int8", "gpu")
+SECTIONS = ("ort", "v1", "layouts", "engines", "eager", "int8", "gpu")
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -212,15 +219,36 @@ def section_v1(workdir: Path, rounds: int) -> dict[str, Any]:
     return {f"batch{b}": ort_compare(bases, ours_path, b, rounds) for b in (1, 32)}
 
 
+def section_layouts(workdir: Path, rounds: int) -> dict[str, Any]:
+    """Our V2 1x export padded to ONNX Runtime's AVX-512 and AVX2 channel blocks (16, 8)."""
+    tv, ours = v2_pair()
+    files = {"torchvision_legacy": export_plain(tv, workdir / "tv_layouts.onnx")}
+    for block, flag in ((16, "avx512f"), (8, "avx2")):
+        path = workdir / f"ours_block{block}.onnx"
+        path.write_bytes(onnx_bytes(ours, fastpath=onnxruntime_layout(frozenset({flag}))))
+        files[f"block{block}"] = path
+    results = {}
+    for batch in (1, 32):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), np.float32)
+        outputs = [_ort_runner(path, x)[1] for path in files.values()]
+        diff = max(float(np.abs(out - outputs[0]).max()) for out in outputs)
+        if diff > TOLERANCE:
+            raise RuntimeError(f"outputs differ by {diff:.3g} at batch {batch}")
+        samples = ort_interleaved(files, x, rounds)
+        base = samples["torchvision_legacy"]
+        results[f"batch{batch}"] = {
+            name: ratio(base, samples[name]) for name in files if name.startswith("block")
+        }
+    return results
+
+
 def _engine_worker(engine: str, path: str, batch: int, rounds: int) -> list[float]:
     """Run in a child process: per-round latencies of one (engine, model)."""
     x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), np.float32)
     if engine == "onnxruntime":
         run, _ = _ort_runner(Path(path), x)
     else:
-        import openvino as ov
-
-        core = ov.Core()
+        core = openvino_core()
         model = core.read_model(path)
         model.reshape({model.inputs[0]: list(x.shape)})
         config = {
@@ -363,24 +391,7 @@ def _cuda_graph_runner(
 
 # -- report -------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    cpu = platform.processor()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), cpu)
-    info = {
-        "cpu": cpu,
-        "threads": THREADS,
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    try:
-        import openvino
-
-        info["openvino"] = openvino.__version__
-    except ImportError:
-        pass
-    return info
+    return {**machine_info(), "threads": THREADS}
 
 
 def _fmt(r: dict[str, float]) -> str:
@@ -401,6 +412,17 @@ def print_report(results: dict[str, Any]) -> None:
                     r["speedup"],
                     goal,
                     f"{r['speedup']['base_ms']:.2f} -> {r['speedup']['ours_ms']:.2f} ms",
+                )
+            )
+    for batch, by_block in results.get("layouts", {}).items():
+        for name, r in by_block.items():
+            label = f"V2 1x ours padded to {name.removeprefix('block')}-channel blocks"
+            rows.append(
+                (
+                    f"{label} vs torchvision legacy export, {batch}",
+                    r,
+                    1.0,
+                    f"{r['base_ms']:.2f} -> {r['ours_ms']:.2f} ms",
                 )
             )
     eng = results.get("engines", {})
