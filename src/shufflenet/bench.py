@@ -341,11 +341,11 @@ def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engin
 
 @functools.cache
 def openvino_core() -> Any:
-    """The process's one ``openvino.Core``.
+    """The process's one ``openvino.Core``, kept for its lifetime.
 
-    Never let one go: the CPU plugin gives the calling thread an alternate signal stack and
-    frees it when the last Core unloads the plugin, with the stack still registered, so the next
-    signal handled on that thread (SIGCHLD from a DataLoader worker, say) crashes the process.
+    One Core serves every engine, and the CPU plugin is never unloaded: unloading it with the
+    last Core was seen to crash the test suite later, in a signal handler (SIGCHLD from a
+    DataLoader worker) running on the alternate signal stack the plugin had installed and freed.
     """
     import openvino as ov
 
