@@ -133,6 +133,7 @@ def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys,
     "argv,match",
     [
         (["--model", "shufflenet_v2_x0_5", "--int8"], "--int8 needs"),
+        (["--model", "shufflenet_v2_x0_5", "--int8-weights", "uint8"], "goes with --int8"),
         (["--model", "shufflenet_v2_x0_5", "--format", "ncnn"], "FILE.param"),
         (["--model", "shufflenet_v2_x0_5", "--opset", "30"], "opset must be in 9..20"),
         (["--model", "shufflenet_v2_x0_5", "--layout", "paper"], "layout must be one of"),

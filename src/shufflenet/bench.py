@@ -3,8 +3,10 @@
 An *engine* turns a model into something that runs a batch: ``eager`` PyTorch, ``channels_last``
 (NHWC memory format), ``compile`` (``torch.compile``), ``onnxruntime`` (an ONNX export run by ONNX
 Runtime with all graph optimisations on and the thread count set, as a user would run it) and
-``openvino`` when that package is installed. Every runner is warmed up, then timed ``runs`` times:
-with ``time.perf_counter`` on the CPU, with CUDA events after a synchronisation on the GPU.
+``openvino`` when that package is installed. Compiling engines (``compile``, ``optimized``)
+compile for an input shape when they are bound to it, untimed. Every runner is warmed up, then
+timed ``runs`` times: with ``time.perf_counter`` on the CPU, with CUDA events after a
+synchronisation on the GPU.
 The models measured with one engine are interleaved in a few rounds (each round re-warms a
 runner with one untimed call) so that ratios between them are taken under the same machine load;
 engines run one after the other, so that one runtime's thread pool never competes with another's.
@@ -206,9 +208,17 @@ def _torch_engine(model: nn.Module, engine: str, device: str) -> Engine:
 
     def bind(x: Tensor) -> TimedRun:
         x = x.to(device).contiguous(memory_format=memory_format)
+        if engine == "compile":
+            _compile_for(fn, x)
         return _timed(lambda: fn(x), cuda_events=device == "cuda")
 
     return bind
+
+
+def _compile_for(fn: Callable[[Tensor], object], x: Tensor) -> None:
+    """Run a compiled model once on ``x``, so that its compilation for this shape is not timed."""
+    with torch.inference_mode():
+        fn(x)
 
 
 def _ort_options(threads: int | None, shared_pool: bool = False) -> Any:
@@ -377,7 +387,12 @@ def make_engine(
         if device != "cpu":
             raise ValueError("the optimized engine runs on the CPU only; use --device cpu")
         fast = optimize(model, example=example)
-        return lambda x: _timed(lambda: fast(x), cuda_events=False)
+
+        def bind_optimized(x: Tensor) -> TimedRun:
+            _compile_for(fast, x)
+            return _timed(lambda: fast(x), cuda_events=False)
+
+        return bind_optimized
     onnx_file = _onnx_file(model, engine, example, workdir)
     if engine.startswith("onnxruntime"):
         return _onnxruntime_engine(onnx_file, device, threads)
@@ -415,9 +430,9 @@ def time_engine(
     are interleaved (:func:`measure`); ONNX Runtime on the CPU runs through
     :func:`measure_onnxruntime_cpu`. A model that fails on its input raises ``RuntimeError``.
     """
+    if engine not in available_engines():
+        raise ValueError(_unknown_engine(engine))
     if engine.startswith("onnxruntime") and device == "cpu":
-        if engine not in available_engines():
-            raise ValueError(_unknown_engine(engine))
         files = {
             key: str(_onnx_file(m, engine, examples[key], workdir)) for key, m in models.items()
         }

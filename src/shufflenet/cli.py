@@ -562,6 +562,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.int8 and (args.format != "onnx" or not args.calib):
         raise ValueError("--int8 needs --format onnx and --calib digits|FOLDER")
+    if args.int8_weights != "auto" and not args.int8:
+        raise ValueError("--int8-weights goes with --int8")
     if args.weights:
         if args.layout or args.num_classes is not None:
             raise ValueError("--layout and --num-classes go with --model, not --weights")
