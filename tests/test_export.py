@@ -14,11 +14,15 @@ from shufflenet import data
 from shufflenet.cli import main
 from shufflenet.deploy import fuse_bn, static_shuffles
 from shufflenet.export import (
+    _uniform_weight_zero_points,
     default_int8_weights,
     export_model,
+    model_metadata,
     quantize_int8,
     read_onnx_metadata,
+    sample_inputs,
 )
+from shufflenet.fastpath import ONNXRUNTIME
 
 PARITY = [
     *[(n, None) for n in shufflenet.list_models("shufflenet_v2_*")],
@@ -221,3 +225,69 @@ def test_quantize_int8_rejects_unknown_types(tmp_path):
     with pytest.raises(ValueError, match="activations must be uint8 or int8"):
         quantize_int8(model, tmp_path / "q.onnx", calib, activations="fp8")
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _dequantized(proto):
+    """Every DequantizeLinear of an initializer, evaluated: name -> float array."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            q, scale, zp = (inits[name] for name in node.input)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [-1 if d == axis else 1 for d in range(q.ndim)] if scale.ndim else []
+            out[node.output[0]] = (q.astype(np.int32) - zp.reshape(shape)) * scale.reshape(shape)
+    return out
+
+
+def test_uint8_weights_of_zero_padded_channels_share_the_zero_point(tmp_path):
+    # The shuffle-free graph pads chunks with all-zero channels; with uint8 weights those would
+    # get zero point 0 beside 128, which sends ONNX Runtime's convolutions to a slow path.
+    model = randomize_bn(shufflenet.create_model("shufflenet_v2_x0_5", num_classes=10)).eval()
+    calib = sample_inputs(4, 3, model_metadata(model)["preprocessing"], (64, 64))
+    path = quantize_int8(
+        model, tmp_path / "q.onnx", calib, input_size=(64, 64), fastpath=ONNXRUNTIME,
+        weights="uint8",
+    )  # fmt: skip
+    proto = onnx.load(path)
+    zero_points = [
+        onnx.numpy_helper.to_array(i) for i in proto.graph.initializer
+        if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 1 and i.dims[0] > 1
+    ]  # fmt: skip
+    assert len(zero_points) > 50
+    assert all((zp == zp[0]).all() for zp in zero_points)
+    x = calib.numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )
+    with torch.no_grad():
+        ref = model(calib).numpy()
+    cosine = (ref * got[0]).sum() / np.linalg.norm(ref) / np.linalg.norm(got[0])
+    assert cosine > 0.99
+
+
+def test_zero_point_rewrite_keeps_every_dequantized_weight():
+    from onnx import helper, numpy_helper
+
+    q = np.array([[[[130]], [[126]]], [[[0]], [[0]]], [[[5]], [[9]]]], np.uint8)  # 3 channels
+    zp = np.array([128, 0, 128], np.uint8)  # channel 1 is all zero
+    scale = np.array([0.5, 1.0, 0.25], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"], axis=0)],
+        "g", [], [helper.make_tensor_value_info("wf", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(q, "w"), numpy_helper.from_array(scale, "s"),
+         numpy_helper.from_array(zp, "z")],
+    )  # fmt: skip
+    proto = helper.make_model(graph)
+    before = _dequantized(proto)["wf"]
+    _uniform_weight_zero_points(proto)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    assert inits["z"].tolist() == [128, 128, 128]  # the all-zero channel moved
+    assert inits["w"][1].tolist() == [[[128]], [[128]]]
+    np.testing.assert_array_equal(_dequantized(proto)["wf"], before)
+    zp[2] = 7  # the channels that carry weights disagree: nothing to share, nothing moves
+    proto.graph.initializer[2].CopyFrom(numpy_helper.from_array(zp, "z"))
+    _uniform_weight_zero_points(proto)
+    assert numpy_helper.to_array(proto.graph.initializer[2]).tolist() == [128, 0, 7]
