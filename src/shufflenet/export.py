@@ -576,9 +576,10 @@ def quantize_int8(
 
     ``weights`` is ``int8``, ``uint8`` or ``auto`` (:func:`default_int8_weights` for this CPU:
     U8S8 where ONNX Runtime computes it without saturating, U8U8 elsewhere). ``fastpath`` picks
-    the fp32 graph to quantize (see :func:`onnx_bytes`); the default is the plain BN-folded one
-    (zero-padded shuffle-free layouts quantize into more, slower QDQ pairs). The file carries
-    the model's metadata plus a ``quantization`` entry.
+    the fp32 graph to quantize (see :func:`onnx_bytes`); the default is the plain BN-folded one,
+    whose tensors :func:`int8_layer_errors` reports on (the shuffle-free one measured 0.93x of
+    fp32 against the plain one's 0.88x on an AVX2 CPU without VNNI). The file carries the
+    model's metadata plus a ``quantization`` entry.
     """
     import onnx
     from onnxruntime.quantization import (
