@@ -14,7 +14,8 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
   (16 and 8; the default export uses this CPU's), each against torchvision's legacy export.
 * ``engines``: each (engine, model) in its own process, alternated: OpenVINO (fp32) on
   torchvision's export, and ONNX Runtime / OpenVINO on ours.
-* ``eager``: ``shufflenet.deploy.optimize`` vs torchvision eager, batch 1.
+* ``eager``: ``shufflenet.deploy.optimize`` (default backend, and ``jit``) vs torchvision eager,
+  batch 1.
 * ``int8``: our int8 export vs our fp32 export in ONNX Runtime, batch 1, and their agreement.
 * ``gpu`` (only with CUDA): images/s of ours (fp16 channels_last, CUDA graphs) vs torchvision.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import subprocess
@@ -294,19 +296,24 @@ def section_engines(workdir: Path, rounds: int) -> dict[str, Any]:
 
 
 def section_eager(workdir: Path, rounds: int) -> dict[str, Any]:
+    """``deploy.optimize`` (default backend, and TorchScript) vs torchvision eager, batch 1."""
     tv, ours = v2_pair()
     x = torch.randn(1, 3, 224, 224)
-    fast = optimize(ours, example=x)
+    fast = {"ours": optimize(ours, example=x), "ours_jit": optimize(ours, example=x, backend="jit")}
     with torch.inference_mode():
-        diff = float((fast(x) - tv(x)).abs().max())
+        diff = max(float((f(x) - tv(x)).abs().max()) for f in fast.values())
         if diff > TOLERANCE:
             raise RuntimeError(f"optimize() differs from torchvision by {diff:.3g}")
-        samples = interleaved({"torchvision": lambda: tv(x), "ours": lambda: fast(x)}, rounds)
+        runs = {"torchvision": lambda: tv(x)} | {
+            k: functools.partial(f, x) for k, f in fast.items()
+        }
+        samples = interleaved(runs, rounds)
     return {
         "batch": 1,
         "max_abs_diff": diff,
         "ms": {k: statistics.median(v) for k, v in samples.items()},
         "speedup": ratio(samples["torchvision"], samples["ours"]),
+        "speedup_jit": ratio(samples["torchvision"], samples["ours_jit"]),
     }
 
 
@@ -435,16 +442,17 @@ def print_report(results: dict[str, Any]) -> None:
                 f"{r['base_ms']:.2f} -> {r['ours_ms']:.2f} ms",
             )
         )
-    if "speedup" in results.get("eager", {}):
-        r = results["eager"]["speedup"]
-        rows.append(
-            (
-                "deploy.optimize vs torchvision eager, batch1",
-                r,
-                2.0,
-                f"{r['base_ms']:.2f} -> {r['ours_ms']:.2f} ms",
+    for key, label in (("speedup", "deploy.optimize"), ("speedup_jit", 'optimize(backend="jit")')):
+        if key in results.get("eager", {}):
+            r = results["eager"][key]
+            rows.append(
+                (
+                    f"{label} vs torchvision eager, batch1",
+                    r,
+                    2.0,
+                    f"{r['base_ms']:.2f} -> {r['ours_ms']:.2f} ms",
+                )
             )
-        )
     for name in ("int8_plain", "int8_shuffle_free"):
         if name in results.get("int8", {}):
             q = results["int8"][name]
