@@ -181,16 +181,22 @@ def round_medians(timing: Timing, rounds: int) -> list[float]:
     return [statistics.median(samples[r * per_round : (r + 1) * per_round]) for r in range(rounds)]
 
 
+def check_agree(files: dict[str, Path], x: np.ndarray) -> float:
+    """The largest difference between the files' outputs on ``x``; raises above TOLERANCE."""
+    outputs = [_ort_runner(path, x)[1] for path in files.values()]
+    diff = max(float(np.abs(out - outputs[0]).max()) for out in outputs)
+    if diff > TOLERANCE:
+        raise RuntimeError(f"outputs differ by {diff:.3g} at batch {len(x)}")
+    return diff
+
+
 def ort_compare(
     base_paths: dict[str, Path], ours_path: Path, batch: int, rounds: int
 ) -> dict[str, Any]:
     """Time the baselines and ours in ORT; the faster baseline (by median) is the reference."""
     x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), np.float32)
     files = {**base_paths, "ours": ours_path}
-    outputs = {name: _ort_runner(path, x)[1] for name, path in files.items()}
-    diff = max(float(np.abs(outputs["ours"] - out).max()) for out in outputs.values())
-    if diff > TOLERANCE:
-        raise RuntimeError(f"outputs differ by {diff:.3g} at batch {batch}")
+    diff = check_agree(files, x)
     samples = ort_interleaved(files, x, rounds)
     base = min(base_paths, key=lambda name: statistics.median(samples[name]))
     return {
@@ -232,10 +238,7 @@ def section_layouts(workdir: Path, rounds: int) -> dict[str, Any]:
     results = {}
     for batch in (1, 32):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224), np.float32)
-        outputs = [_ort_runner(path, x)[1] for path in files.values()]
-        diff = max(float(np.abs(out - outputs[0]).max()) for out in outputs)
-        if diff > TOLERANCE:
-            raise RuntimeError(f"outputs differ by {diff:.3g} at batch {batch}")
+        check_agree(files, x)
         samples = ort_interleaved(files, x, rounds)
         base = samples["torchvision_legacy"]
         results[f"batch{batch}"] = {

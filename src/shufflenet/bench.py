@@ -313,10 +313,16 @@ def measure_onnxruntime_cpu(
                     np.save(saved[id(x)], x, allow_pickle=False)
                 entries.append([str(path), saved[id(x)]])
             spec_jobs.append(entries)
-        spec = {"jobs": spec_jobs, "threads": threads, "runs": runs, "warmup": warmup}
+        spec = {
+            "jobs": spec_jobs,
+            "threads": threads,
+            "runs": runs,
+            "warmup": warmup,
+            "rounds": rounds,
+        }
         proc = subprocess.run(
             [sys.executable, "-m", "shufflenet.bench"],
-            input=json.dumps({**spec, "rounds": rounds}),
+            input=json.dumps(spec),
             capture_output=True,
             text=True,
         )
