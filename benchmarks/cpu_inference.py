@@ -49,11 +49,11 @@ from shufflenet.bench import (
     export_onnx,
     machine_info,
     measure_onnxruntime_cpu,
-    openvino_core,
 )
 from shufflenet.deploy import optimize
 from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
 from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model, onnxruntime_layout
+from shufflenet.runtimes import openvino_core
 
 THREADS = 2
 TOLERANCE = 1e-4

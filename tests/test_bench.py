@@ -12,6 +12,7 @@ from shufflenet.baselines import BASELINES, build_model, expand_model_names, mod
 from shufflenet.bench import (
     BenchConfig,
     Timing,
+    WrongOutputs,
     available_engines,
     export_onnx,
     make_engine,
@@ -119,6 +120,24 @@ def test_time_engine_gives_one_result_per_job(engine):
     results = time_engine(engine, models, dict.fromkeys(models, x), jobs, runs=3, warmup=0)
     assert [set(r) for r in results] == [{"p", "q"}, {"q"}]
     assert all(len(t.samples_ms) == 3 for r in results for t in r.values())
+
+
+@pytest.mark.parametrize(
+    "engine", [e for e in ("onnxruntime", "openvino") if e in available_engines()]
+)
+def test_an_engine_that_computes_wrong_is_refused_before_timing(engine, monkeypatch):
+    import shufflenet.bench as bench
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()  # other weights
+    real = bench._onnx_file
+    monkeypatch.setattr(bench, "_onnx_file", lambda m, *args: real(other, *args))
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(WrongOutputs, match=f"{engine} computes p wrong, not timing it"):
+        time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
+    monkeypatch.setattr(bench, "_onnx_file", real)
+    (result,) = time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
+    assert len(result["p"].samples_ms) == 2
 
 
 def test_engines_leave_the_model_alone():

@@ -1,6 +1,7 @@
 """Exports: ONNX parity in ONNX Runtime, static graphs, TorchScript, ncnn, int8, and the CLI."""
 
 import json
+from collections import defaultdict
 
 import numpy as np
 import onnx
@@ -23,6 +24,7 @@ from shufflenet.export import (
     sample_inputs,
 )
 from shufflenet.fastpath import ONNXRUNTIME
+from shufflenet.verification import compare_outputs
 
 PARITY = [
     *[(n, None) for n in shufflenet.list_models("shufflenet_v2_*")],
@@ -66,6 +68,98 @@ def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, name, layout):
         got = session.run(None, {"input": x.numpy()})[0]
         assert np.abs(expected).max() > 0.1
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _openvino_traps(proto):
+    """Gathers feeding a depthwise conv that feeds another conv: OpenVINO 2026.4's CPU plugin
+    computes this pattern wrong (ONNX Runtime computes it right)."""
+    consumers = defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    weights = {init.name: list(init.dims) for init in proto.graph.initializer}
+
+    def depthwise(node):
+        if node.op_type != "Conv" or node.input[1] not in weights:
+            return False
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        out_channels, per_group = weights[node.input[1]][:2]
+        return groups > 1 and per_group == 1 and groups == out_channels
+
+    return [
+        gather.name
+        for gather in proto.graph.node
+        if gather.op_type == "Gather"
+        for conv in consumers[gather.output[0]]
+        if depthwise(conv) and any(c.op_type == "Conv" for c in consumers[conv.output[0]])
+    ]
+
+
+V1_V2 = shufflenet.list_models("shufflenet_v1_*") + shufflenet.list_models("shufflenet_v2_*")
+
+
+@pytest.mark.parametrize("form", ["default", "plain"])
+def test_every_v1_and_v2_export_agrees_in_onnxruntime_and_openvino(tmp_path, form):
+    assert len(V1_V2) == 29
+    fastpath = None if form == "plain" else ONNXRUNTIME
+    for name in V1_V2:
+        model = _model(name)
+        path = tmp_path / f"{name}.onnx"
+        result = export_model(model, path, input_size=(64, 64), fastpath=fastpath)
+        assert [c.engine for c in result.verifications] == ["onnxruntime", "openvino"]
+        assert result.passed, [c.summary() for c in result.verifications]
+        proto = onnx.load(str(path))
+        assert not _openvino_traps(proto), name
+        assert not {n.op_type for n in proto.graph.node} & {"Shape", "Size", "NonZero"}
+        graph = read_onnx_metadata(path)["graph"]
+        assert graph.startswith("plain" if form == "plain" else "shuffle-free"), graph
+
+
+def test_openvino_check_catches_the_gather_pattern_that_onnxruntime_runs_right(
+    tmp_path, monkeypatch
+):
+    """The regression pin: the plain V2 graph as it was (a gather shuffle at every unit's end)
+    passes in ONNX Runtime and fails in OpenVINO. If OpenVINO ever computes it right, this test
+    fails: the workaround in ``deploy.static_shuffles`` and the README's note can then go."""
+    import shufflenet.export as export
+
+    monkeypatch.setattr(export, "_graph_form", lambda m, size=None: static_shuffles(fuse_bn(m)))
+    model = _model("shufflenet_v2_x0_5")
+    result = export_model(model, tmp_path / "gather.onnx", input_size=(64, 64), fastpath=None)
+    assert _openvino_traps(onnx.load(str(tmp_path / "gather.onnx")))  # stages 3 and 4
+    ort_check, ov_check = result.verifications
+    assert ort_check.passed and not ov_check.passed and not result.passed
+    assert ov_check.max_abs_diff > 0.05 * ov_check.max_abs_output  # wrong, not rounding
+
+
+def test_openvino_check_rejects_another_models_file(tmp_path):
+    from shufflenet.export import verify_openvino
+
+    path = tmp_path / "a.onnx"
+    export_model(_model("shufflenet_v1_g3_x0_5"), path, input_size=(64, 64))
+    other = randomize_bn(_model("shufflenet_v1_g3_x0_5"), seed=1)
+    check = verify_openvino(path, other)
+    assert check.engine == "openvino" and not check.passed and "FAILED" in check.summary()
+
+
+def test_non_finite_outputs_never_pass(tmp_path, capsys):
+    ok = np.ones((1, 4), np.float32)
+    assert compare_outputs("x", [(ok, ok)], (1,)).passed
+    for bad in (np.nan, np.inf):
+        got = ok.copy()
+        got[0, 1] = bad
+        assert not compare_outputs("x", [(got, ok)], (1,)).passed  # a runtime's NaN
+        assert not compare_outputs("x", [(got, got)], (1,)).passed  # the model's own NaN
+    model = _model("shufflenet_v2_x0_5", num_classes=4)
+    with torch.no_grad():
+        model.conv5[0].weight[0, 0, 0, 0] = float("nan")
+    result = export_model(model, tmp_path / "nan.onnx", input_size=(64, 64))
+    assert not any(c.passed for c in result.verifications)
+    assert "non-finite" in result.verification.summary()
+    weights = shufflenet.save(model, tmp_path / "nan.safetensors")
+    argv = ["export", "--weights", str(weights), "--out", str(tmp_path / "nan2.onnx")]
+    assert main(argv) == 1
+    assert "non-finite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -119,8 +213,8 @@ def test_ncnn_export_runs_in_ncnn(tmp_path):
 def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys, monkeypatch):
     import shufflenet.export as export
 
-    def broken(model):  # a graph that drops the even/odd split: a classic export bug
-        graph = static_shuffles(fuse_bn(model))
+    def broken(model, input_size=None):  # a graph that drops the even/odd split
+        graph = static_shuffles(fuse_bn(model), input_size)
         graph.stage2[1].forward = lambda x: torch.cat(x.chunk(2, 1)[::-1], 1)
         return graph
 

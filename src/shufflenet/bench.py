@@ -48,6 +48,8 @@ from .baselines import (
 )
 from .complexity import profile
 from .cpu import cpu_name, simd_features
+from .runtimes import has_openvino, openvino_model, ort_session
+from .verification import FP32_TOLERANCE, compare_outputs
 
 __all__ = [
     "ENGINES",
@@ -78,17 +80,55 @@ ENGINES = (
     "openvino_fast",  # the same in OpenVINO's layout (fp32)
 )
 K = TypeVar("K")
-TimedRun = Callable[[], float]  # runs the model once on a bound input, returns milliseconds
+# Engines are checked against PyTorch (eager, fp32, CPU) before they are timed. On a GPU,
+# cuDNN's convolutions run in TF32 by default: 10-bit mantissas, about 1e-3 relative error.
+TOLERANCE = {"cpu": FP32_TOLERANCE, "cuda": 1e-2}
+
+
+class TimedRun:
+    """A model bound to an input: calling it runs the model once and returns milliseconds;
+    :meth:`output` runs it once and returns the output as a float32 NumPy array."""
+
+    def __init__(
+        self, run: Callable[[], object], cuda_events: bool, to_numpy: Callable[[Any], Any]
+    ) -> None:
+        self.run, self.cuda_events, self.to_numpy = run, cuda_events, to_numpy
+        if cuda_events:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self) -> float:
+        if self.cuda_events:
+            torch.cuda.synchronize()
+            self.start.record()
+            self.run()
+            self.end.record()
+            self.end.synchronize()
+            return float(self.start.elapsed_time(self.end))
+        t0 = time.perf_counter()
+        self.run()
+        return (time.perf_counter() - t0) * 1e3
+
+    def output(self) -> np.ndarray:
+        return np.asarray(self.to_numpy(self.run()), dtype=np.float32)
+
+
 Engine = Callable[[Tensor], TimedRun]  # binds an input batch
+
+
+def _torch_output(out: Tensor) -> np.ndarray:
+    return out.detach().float().cpu().numpy()
+
+
+def _first_output(outputs: Any) -> Any:
+    return outputs[0]  # ONNX Runtime's list, OpenVINO's result dict: the only output
 
 
 def available_engines() -> tuple[str, ...]:
     """The engines this installation can run (``openvino`` only when it is importable)."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return tuple(e for e in ENGINES if not e.startswith("openvino"))
-    return ENGINES
+    if has_openvino():
+        return ENGINES
+    return tuple(e for e in ENGINES if not e.startswith("openvino"))
 
 
 @dataclass(frozen=True)
@@ -132,29 +172,6 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(old)
-
-
-def _timed(run: Callable[[], object], cuda_events: bool) -> TimedRun:
-    if cuda_events:
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-
-        def timed_cuda() -> float:
-            torch.cuda.synchronize()
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
-
-        return timed_cuda
-
-    def timed_cpu() -> float:
-        t0 = time.perf_counter()
-        run()
-        return (time.perf_counter() - t0) * 1e3
-
-    return timed_cpu
 
 
 def measure(
@@ -210,7 +227,7 @@ def _torch_engine(model: nn.Module, engine: str, device: str) -> Engine:
         x = x.to(device).contiguous(memory_format=memory_format)
         if engine == "compile":
             _compile_for(fn, x)
-        return _timed(lambda: fn(x), cuda_events=device == "cuda")
+        return TimedRun(lambda: fn(x), device == "cuda", _torch_output)
 
     return bind
 
@@ -221,35 +238,13 @@ def _compile_for(fn: Callable[[Tensor], object], x: Tensor) -> None:
         fn(x)
 
 
-def _ort_options(threads: int | None, shared_pool: bool = False) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if shared_pool:
-        options.use_per_session_threads = False
-    elif threads is not None:
-        options.intra_op_num_threads = threads
-    return options
-
-
 def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(
-                "onnxruntime has no CUDAExecutionProvider here; install onnxruntime-gpu "
-                "or bench the onnxruntime engine with --device cpu"
-            )
-        providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(onnx_file), _ort_options(threads), providers=providers)
+    session = ort_session(onnx_file, threads, device=device)
     input_name = session.get_inputs()[0].name
 
     def bind(x: Tensor) -> TimedRun:
         feed = {input_name: x.detach().cpu().numpy()}
-        return _timed(lambda: session.run(None, feed), cuda_events=False)
+        return TimedRun(lambda: session.run(None, feed), False, _first_output)
 
     return bind
 
@@ -257,31 +252,54 @@ def _onnxruntime_engine(onnx_file: Path, device: str, threads: int | None) -> En
 OrtJob = Mapping[K, tuple[str, np.ndarray]]  # runner key -> (ONNX file, input batch)
 
 
+WRONG_OUTPUTS_EXIT = 3  # the ONNX Runtime timing process's exit status for a wrong output
+
+
+class WrongOutputs(ValueError):
+    """An engine computed a model wrong: it is not timed, and nothing is reported for it."""
+
+
+def _label(key: object) -> str:
+    """A runner key for messages: ("shufflenet_v2_x1_0", "torchvision") reads as words."""
+    return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def check_output(
+    engine: str, label: str, got: np.ndarray, expected: np.ndarray, device: str = "cpu"
+) -> None:
+    """Raise :class:`WrongOutputs` unless ``got`` matches PyTorch's ``expected`` output."""
+    check = compare_outputs(engine, [(got, expected)], (len(expected),), TOLERANCE[device])
+    if not check.passed:
+        raise WrongOutputs(f"{engine} computes {label} wrong, not timing it: {check.summary()}")
+
+
 def _onnxruntime_worker(spec: dict[str, Any]) -> list[list[list[float]]]:
     """In a fresh process: one shared intra-op pool, a session per file, :func:`measure` per job.
 
-    ``spec`` holds the settings and, per job, a list of [ONNX file, .npy input] pairs; the result
-    holds, per job, each runner's samples in milliseconds.
+    ``spec`` holds the settings and, per job, a list of [ONNX file, .npy input, .npy expected
+    output or "", label] entries; the result holds, per job, each runner's samples in
+    milliseconds. A runner whose output differs from the expected one is not timed: the process
+    exits with :data:`WRONG_OUTPUTS_EXIT` and says why on stderr.
     """
     import onnxruntime as ort
 
     ort.set_global_thread_pool_sizes(spec["threads"] or 0, 1)
-    options = _ort_options(spec["threads"], shared_pool=True)
     sessions: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     results = []
     for job in spec["jobs"]:
         runners = {}
-        for i, (path, npy) in enumerate(job):
+        for i, (path, npy, expected, label) in enumerate(job):
             if path not in sessions:
-                sessions[path] = ort.InferenceSession(
-                    path, options, providers=["CPUExecutionProvider"]
-                )
-            if npy not in arrays:
-                arrays[npy] = np.load(npy, allow_pickle=False)
+                sessions[path] = ort_session(path, shared_pool=True)
+            for name in (npy, expected):
+                if name and name not in arrays:
+                    arrays[name] = np.load(name, allow_pickle=False)
             session = sessions[path]
             feed = {session.get_inputs()[0].name: arrays[npy]}
-            runners[i] = _timed(functools.partial(session.run, None, feed), cuda_events=False)
+            runners[i] = TimedRun(functools.partial(session.run, None, feed), False, _first_output)
+            if expected:
+                check_output("onnxruntime", label, runners[i].output(), arrays[expected], "cpu")
         timings = measure(runners, runs=spec["runs"], warmup=spec["warmup"], rounds=spec["rounds"])
         results.append([list(timings[i].samples_ms) for i in range(len(job))])
     return results
@@ -294,25 +312,35 @@ def measure_onnxruntime_cpu(
     runs: int,
     warmup: int,
     rounds: int = 5,
+    expected: Sequence[Mapping[K, np.ndarray]] | None = None,
 ) -> list[dict[K, Timing]]:
     """Time ONNX files in ONNX Runtime on the CPU, in a process of its own; a result per job.
 
     A job maps runner keys to (file, input); its runners are interleaved as in :func:`measure`.
     All sessions share one pool of ``threads`` intra-op threads (``None``: ONNX Runtime's
     default), which a process can set only once, before its first session: hence the process.
-    A runner that fails (say, on an input shape its file does not take) raises ``RuntimeError``.
+    With ``expected`` (per job, key -> PyTorch's output), each runner's output is checked first
+    and a wrong one raises :class:`WrongOutputs`. A runner that fails (say, on an input shape
+    its file does not take) raises ``RuntimeError``.
     """
     with tempfile.TemporaryDirectory(prefix="shufflenet-ort-") as tmp:
-        saved: dict[int, str] = {}  # one .npy per distinct input array
+        saved: dict[int, str] = {}  # one .npy per distinct array
+
+        def npy(array: np.ndarray) -> str:
+            if id(array) not in saved:
+                saved[id(array)] = str(Path(tmp, f"{len(saved)}.npy"))
+                np.save(saved[id(array)], array, allow_pickle=False)
+            return saved[id(array)]
+
         spec_jobs = []
-        for job in jobs:
-            entries = []
-            for path, x in job.values():
-                if id(x) not in saved:
-                    saved[id(x)] = str(Path(tmp, f"{len(saved)}.npy"))
-                    np.save(saved[id(x)], x, allow_pickle=False)
-                entries.append([str(path), saved[id(x)]])
-            spec_jobs.append(entries)
+        for j, job in enumerate(jobs):
+            wanted = expected[j] if expected is not None else {}
+            spec_jobs.append(
+                [
+                    [str(path), npy(x), npy(wanted[key]) if key in wanted else "", _label(key)]
+                    for key, (path, x) in job.items()
+                ]
+            )
         spec = {
             "jobs": spec_jobs,
             "threads": threads,
@@ -326,6 +354,8 @@ def measure_onnxruntime_cpu(
             capture_output=True,
             text=True,
         )
+    if proc.returncode == WRONG_OUTPUTS_EXIT:
+        raise WrongOutputs(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise RuntimeError(f"ONNX Runtime timing failed: {lines[-1].removeprefix('error: ')}")
@@ -339,33 +369,13 @@ def measure_onnxruntime_cpu(
 def _openvino_engine(onnx_file: Path, device: str, threads: int | None) -> Engine:
     if device != "cpu":
         raise ValueError("the openvino engine runs on the CPU only; use --device cpu")
-    core = openvino_core()
-    # fp32 like the other engines: OpenVINO would run bf16 by default on AMX CPUs
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    request = core.compile_model(
-        core.read_model(str(onnx_file)), "CPU", config
-    ).create_infer_request()
+    request = openvino_model(onnx_file, threads, latency=True).create_infer_request()
 
     def bind(x: Tensor) -> TimedRun:
         data = x.detach().cpu().numpy()
-        return _timed(lambda: request.infer({0: data}, share_inputs=True), cuda_events=False)
+        return TimedRun(lambda: request.infer({0: data}, share_inputs=True), False, _first_output)
 
     return bind
-
-
-@functools.cache
-def openvino_core() -> Any:
-    """The process's one ``openvino.Core``, kept for its lifetime.
-
-    One Core serves every engine, and the CPU plugin is never unloaded: unloading it with the
-    last Core was seen to crash the test suite later, in a signal handler (SIGCHLD from a
-    DataLoader worker) running on the alternate signal stack the plugin had installed and freed.
-    """
-    import openvino as ov
-
-    return ov.Core()
 
 
 def make_engine(
@@ -396,7 +406,7 @@ def make_engine(
 
         def bind_optimized(x: Tensor) -> TimedRun:
             _compile_for(fast, x)
-            return _timed(lambda: fast(x), cuda_events=False)
+            return TimedRun(lambda: fast(x), False, _torch_output)
 
         return bind_optimized
     onnx_file = _onnx_file(model, engine, example, workdir)
@@ -432,19 +442,28 @@ def time_engine(
 ) -> list[dict[K, Timing]]:
     """Time ``models`` with ``engine``: one result per job, a job mapping keys to input batches.
 
-    ``examples`` fixes each model's export (see :func:`make_engine`). Within a job the models
-    are interleaved (:func:`measure`); ONNX Runtime on the CPU runs through
+    ``examples`` fixes each model's export (see :func:`make_engine`). Before it is timed, each
+    runner's output is checked against the model in eager PyTorch on the CPU (tolerance
+    :data:`TOLERANCE` of the device); a wrong one raises :class:`WrongOutputs`. Within a job the
+    models are interleaved (:func:`measure`); ONNX Runtime on the CPU runs through
     :func:`measure_onnxruntime_cpu`. A model that fails on its input raises ``RuntimeError``.
     """
     if engine not in available_engines():
         raise ValueError(_unknown_engine(engine))
+    with torch.inference_mode():
+        expected = [
+            {key: _torch_output(models[key].eval()(x.cpu())) for key, x in job.items()}
+            for job in jobs
+        ]
     if engine.startswith("onnxruntime") and device == "cpu":
         files = {
             key: str(_onnx_file(m, engine, examples[key], workdir)) for key, m in models.items()
         }
         arrays = {id(x): x.numpy() for job in jobs for x in job.values()}  # one per tensor
         ort_jobs = [{key: (files[key], arrays[id(x)]) for key, x in job.items()} for job in jobs]
-        return measure_onnxruntime_cpu(ort_jobs, threads=threads, runs=runs, warmup=warmup)
+        return measure_onnxruntime_cpu(
+            ort_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
+        )
     binders = {
         key: make_engine(
             m, engine, example=examples[key], device=device, threads=threads, workdir=workdir
@@ -452,9 +471,11 @@ def time_engine(
         for key, m in models.items()
     }
     results = []
-    for job in jobs:
+    for job, wanted in zip(jobs, expected, strict=True):
         with torch.inference_mode():
             runners = {key: binders[key](x) for key, x in job.items()}
+            for key, runner in runners.items():
+                check_output(engine, _label(key), runner.output(), wanted[key], device)
             results.append(measure(runners, runs=runs, warmup=warmup))
     return results
 
@@ -660,5 +681,8 @@ def _config_dict(config: BenchConfig, names: list[str]) -> dict[str, Any]:
 if __name__ == "__main__":  # the ONNX Runtime timing process of measure_onnxruntime_cpu
     try:
         print(json.dumps(_onnxruntime_worker(json.load(sys.stdin))))
+    except WrongOutputs as e:
+        print(e, file=sys.stderr)
+        sys.exit(WRONG_OUTPUTS_EXIT)
     except Exception as e:  # one line for the parent's RuntimeError
         sys.exit(f"error: {' '.join(str(e).split())}")

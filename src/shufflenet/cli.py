@@ -584,17 +584,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         fastpath=None if args.no_optimize else ONNXRUNTIME,
     )
-    check = result.verification
+    checks = [
+        {**vars(check), "allowed": check.allowed, "passed": check.passed}
+        for check in result.verifications
+    ]
     record: dict[str, Any] = {
         "files": [str(f) for f in result.files],
         "format": args.format,
-        "verification": {**vars(check), "allowed": check.allowed, "passed": check.passed},
+        "verification": checks[0],
+        "verifications": checks,
     }
     if not args.json:
         sizes = ", ".join(f"{f} ({_mb(f.stat().st_size)})" for f in result.files)
         print(f"wrote {sizes}")
-        print(check.summary(), file=sys.stdout if check.passed else sys.stderr)
-    if not check.passed:
+        for check in result.verifications:
+            print(check.summary(), file=sys.stdout if check.passed else sys.stderr)
+    if not result.passed:
         if args.json:
             _print_json(record)
         print(f"error: {args.out} does not match PyTorch (kept for inspection)", file=sys.stderr)

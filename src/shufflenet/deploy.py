@@ -2,9 +2,9 @@
 that graph exporters handle well. The original model is never modified.
 
 * :func:`fuse_bn` folds every BatchNorm into the convolution that feeds it.
-* :func:`static_shuffles` replaces the channel shuffles and splits of every unit by gathers and
-  slices with constant indices, so an exported graph has no shape-computing subgraph
-  (``Shape -> Gather -> Reshape``) and works for any batch size.
+* :func:`static_shuffles` replaces the channel shuffles and splits of every unit by gathers (or
+  reshapes for a fixed spatial size) and slices with constant indices, so an exported graph has
+  no shape-computing subgraph (``Shape -> Gather -> Reshape``) and works for any batch size.
 """
 
 from __future__ import annotations
@@ -93,44 +93,63 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return fused
 
 
-class _StaticV1Unit(nn.Module):
-    """A V1 unit whose shuffle is a gather with a constant index (either layout)."""
+class _Shuffle(nn.Module):
+    """A channel shuffle written with constants only.
+
+    Without ``size`` it is a gather by a constant index, which works at any input size. With
+    ``size`` (the spatial size this point of the network sees) it is the paper's reshape ->
+    transpose -> reshape with constant shapes and a free batch axis: exported to ONNX, the
+    Reshape/Transpose form is the one every runtime recognises, while OpenVINO 2026.4 was seen
+    to miscompute a constant Gather that feeds a depthwise conv feeding a 1x1 conv.
+    """
 
     index: Tensor
 
-    def __init__(self, unit: ShuffleV1Unit) -> None:
+    def __init__(self, channels: int, groups: int, size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.channels, self.groups, self.size = channels, groups, size
+        self.register_buffer("index", torch.tensor(shuffle_permutation(channels, groups)), False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.size is None:
+            return x.index_select(1, self.index)
+        c, g, (h, w) = self.channels, self.groups, self.size
+        return x.reshape(-1, g, c // g, h, w).transpose(1, 2).reshape(-1, c, h, w)
+
+
+class _StaticV1Unit(nn.Module):
+    """A V1 unit whose shuffle is a :class:`_Shuffle` (either layout)."""
+
+    def __init__(self, unit: ShuffleV1Unit, size: tuple[int, int] | None) -> None:
         super().__init__()
         self.unit = unit
         mid = unit.dwconv.in_channels
         groups = unit.groups if unit.layout == "paper" else mid // unit.groups
-        self.register_buffer("index", torch.tensor(shuffle_permutation(mid, groups)), False)
+        self.shuffle = _Shuffle(mid, groups, size)
 
     def forward(self, x: Tensor) -> Tensor:
         u = self.unit
         out = u.relu1(u.bn1(u.gconv1(x)))
         if u.layout == "paper":
-            out = out.index_select(1, self.index)
+            out = self.shuffle(out)
         out = u.bn2(u.dwconv(out))
         if u.layout == "megvii":
-            out = out.index_select(1, self.index)
+            out = self.shuffle(out)
         out = u.bn3(u.gconv2(out))
         out = out + x if u.stride == 1 else torch.cat((u.shortcut(x), out), 1)
         return u.relu_out(out)
 
 
 class _StaticV2Unit(nn.Module):
-    """A torchvision-layout V2 unit: constant slices, concat, gather with a constant index."""
+    """A torchvision-layout V2 unit: constant slices, concat, :class:`_Shuffle`."""
 
-    index: Tensor
-
-    def __init__(self, unit: InvertedResidual) -> None:
+    def __init__(self, unit: InvertedResidual, size: tuple[int, int] | None) -> None:
         super().__init__()
         self.unit = unit
         last_conv = unit.branch2[5]
         assert isinstance(last_conv, nn.Conv2d)
         self.split_at = last_conv.out_channels  # half of the unit's width
-        index = shuffle_permutation(2 * self.split_at, 2)
-        self.register_buffer("index", torch.tensor(index), False)
+        self.shuffle = _Shuffle(2 * self.split_at, 2, size)
 
     def forward(self, x: Tensor) -> Tensor:
         u = self.unit
@@ -138,7 +157,7 @@ class _StaticV2Unit(nn.Module):
             out = torch.cat((x[:, : self.split_at], u.branch2(x[:, self.split_at :])), 1)
         else:
             out = torch.cat((u.branch1(x), u.branch2(x)), 1)
-        return out.index_select(1, self.index)
+        return self.shuffle(out)
 
 
 class _StaticMegviiV2Unit(nn.Module):
@@ -152,14 +171,46 @@ class _StaticMegviiV2Unit(nn.Module):
         return torch.cat((x[:, 0::2], self.unit.branch2(x[:, 1::2])), 1)
 
 
-def static_shuffles(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` whose shuffles and splits use constant indices only."""
+def _shuffle_sizes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """The spatial size at each unit's shuffle for an ``input_size`` input, by unit name."""
+    sizes: dict[str, tuple[int, int]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (ShuffleV1Unit, InvertedResidual)):
+            # V1's paper layout shuffles before the depthwise conv (the input's size); the
+            # others shuffle after it (the output's size)
+            before = isinstance(module, ShuffleV1Unit) and module.layout == "paper"
+
+            def record(
+                _m: nn.Module, i: tuple[Tensor], o: Tensor, name: str = name, before: bool = before
+            ) -> None:
+                sizes[name] = tuple((i[0] if before else o).shape[2:])  # type: ignore[assignment]
+
+            handles.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, getattr(model, "in_chans", 3), *input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def static_shuffles(model: nn.Module, input_size: tuple[int, int] | None = None) -> nn.Module:
+    """An eval-mode copy of ``model`` whose shuffles and splits use constants only.
+
+    By default a shuffle is a gather with a constant index and the copy takes any input size.
+    With ``input_size`` (height, width), every shuffle is reshape -> transpose -> reshape with
+    the constant shapes of that size and only the batch may vary: the form for an ONNX file,
+    whose spatial size is fixed anyway (see :class:`_Shuffle`).
+    """
     static = copy.deepcopy(model).eval()
+    sizes = {} if input_size is None else _shuffle_sizes(static, input_size)
     for name, module in list(static.named_modules()):
         if isinstance(module, ShuffleV1Unit):
-            _set_submodule(static, name, _StaticV1Unit(module))
+            _set_submodule(static, name, _StaticV1Unit(module, sizes.get(name)))
         elif isinstance(module, InvertedResidual):
-            _set_submodule(static, name, _StaticV2Unit(module))
+            _set_submodule(static, name, _StaticV2Unit(module, sizes.get(name)))
         elif isinstance(module, MegviiInvertedResidual) and module.stride == 1:
             _set_submodule(static, name, _StaticMegviiV2Unit(module))
     return static

@@ -3,10 +3,11 @@
 Every export starts from a copy with the BatchNorms folded and the shuffles expressed with
 constant indices (:mod:`shufflenet.deploy`), or, for ONNX by default, from the shuffle-free graph
 of :mod:`shufflenet.fastpath`; either way an ONNX graph has no shape-computing subgraph and its
-batch axis is dynamic. After writing, the file is run in its own runtime next to the PyTorch
-model on the same inputs (random pixels through the model's preprocessing) and the largest
-absolute difference of the outputs is reported; :class:`Verification` says whether it is within
-tolerance (1e-4 of the largest output for fp32).
+batch axis is dynamic. After writing, the file is run in its own runtime (an ONNX file in ONNX
+Runtime and, when installed, in OpenVINO) next to the PyTorch model on the same inputs (random
+pixels through the model's preprocessing) and the largest absolute difference of the outputs is
+reported; :class:`Verification` says whether it is within tolerance (1e-4 of the largest output
+for fp32; non-finite outputs fail).
 
 The files carry the model's metadata (architecture and layout, class names, preprocessing): in
 ``metadata_props`` for ONNX, as ``shufflenet.json`` inside a TorchScript archive, and in a
@@ -42,6 +43,8 @@ from .deploy import fuse_bn, static_shuffles
 from .fastpath import ONNXRUNTIME, FastPathOptions, fast_model, fastpath_support
 from .io import atomic_path, write_json
 from .registry import get_model_info
+from .runtimes import has_openvino, openvino_model, ort_session
+from .verification import FP32_TOLERANCE, Verification, compare_outputs
 from .weights import FORMAT
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "sample_inputs",
     "verify_ncnn",
     "verify_onnx",
+    "verify_openvino",
     "verify_torchscript",
 ]
 
@@ -75,7 +79,6 @@ FORMATS = ("onnx", "torchscript", "ncnn")
 DEFAULT_OPSET = 17
 # The TorchScript-based ONNX exporter supports these opsets; per-channel int8 needs 13 or more.
 OPSETS = range(9, 21)
-FP32_TOLERANCE = 1e-4
 TORCHSCRIPT_METADATA = "shufflenet.json"
 
 
@@ -130,44 +133,12 @@ def sample_inputs(
     return (scaled - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
 
 
-def _graph_form(model: nn.Module) -> nn.Module:
-    return static_shuffles(fuse_bn(model))
+def _graph_form(model: nn.Module, input_size: tuple[int, int] | None = None) -> nn.Module:
+    """BatchNorms folded, shuffles static: gathers, or reshapes fixed to ``input_size``."""
+    return static_shuffles(fuse_bn(model), input_size)
 
 
 # -- verification ---------------------------------------------------------------------------
-@dataclass
-class Verification:
-    """Largest absolute difference between an exported file and PyTorch on the same inputs.
-
-    It passes if it is at most ``tolerance`` times the largest output magnitude. Relative,
-    because float32 rounding grows with the outputs, while a real export bug (a wrong shuffle,
-    a misfolded BatchNorm) shows up at the outputs' own scale: an absolute 1e-4 would fail
-    large-logit models and let anything pass for a fresh model, whose logits are ~1e-5.
-    """
-
-    engine: str
-    batch_sizes: tuple[int, ...]
-    max_abs_diff: float
-    max_abs_output: float
-    tolerance: float
-
-    @property
-    def allowed(self) -> float:
-        return self.tolerance * self.max_abs_output
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_diff <= self.allowed
-
-    def summary(self) -> str:
-        verdict = "ok" if self.passed else "FAILED"
-        return (
-            f"{self.engine} vs PyTorch, batch {'/'.join(map(str, self.batch_sizes))}: "
-            f"max |diff| {self.max_abs_diff:.3g}, allowed {self.allowed:.3g} "
-            f"({self.tolerance:g} x max |output| {self.max_abs_output:.3g}): {verdict}"
-        )
-
-
 def _compare(
     model: nn.Module,
     run: Any,
@@ -177,27 +148,15 @@ def _compare(
     input_size: Sequence[int] | None,
     tolerance: float,
 ) -> Verification:
-    worst, largest = 0.0, 0.0
     model = model.eval()
     in_chans = int(metadata["model_config"].get("in_chans", 3))
+    pairs = []
     for i, batch in enumerate(batch_sizes):
         x = sample_inputs(batch, in_chans, metadata["preprocessing"], input_size, seed=i)
         with torch.no_grad():
             expected = model(x).numpy()
-        got = np.asarray(run(x), dtype=np.float32).reshape(expected.shape)
-        worst = max(worst, float(np.abs(got - expected).max()))
-        largest = max(largest, float(np.abs(expected).max()))
-    return Verification(engine, tuple(batch_sizes), worst, largest, tolerance)
-
-
-def ort_session(model: str | os.PathLike[str] | bytes, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session for a file or model bytes (``threads=0``: ORT's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        pairs.append((np.asarray(run(x)), expected))
+    return compare_outputs(engine, pairs, batch_sizes, tolerance)
 
 
 def verify_onnx(
@@ -216,6 +175,29 @@ def verify_onnx(
         return session.run(None, {name: x.numpy()})[0]
 
     return _compare(model, run, "onnxruntime", batch_sizes, metadata, (height, width), tolerance)
+
+
+def verify_openvino(
+    path: str | os.PathLike[str],
+    model: ShuffleNetBase,
+    batch_sizes: Sequence[int] = (1, 3),
+    tolerance: float = FP32_TOLERANCE,
+) -> Verification:
+    """Run ``path`` in OpenVINO's CPU plugin (fp32) and ``model`` in PyTorch on the same inputs.
+
+    Worth running beside :func:`verify_onnx`: runtimes rewrite graphs differently, and a file
+    that one computes right another may not (OpenVINO 2026.4 miscomputed a constant Gather that
+    feeds a depthwise conv feeding a 1x1 conv, which ONNX Runtime computes right).
+    """
+    compiled = openvino_model(path)
+    metadata = read_onnx_metadata(path)
+    shape = compiled.input(0).get_partial_shape()
+    height, width = shape[2].get_length(), shape[3].get_length()
+
+    def run(x: Tensor) -> Any:
+        return compiled(x.numpy())[0]
+
+    return _compare(model, run, "openvino", batch_sizes, metadata, (height, width), tolerance)
 
 
 def verify_torchscript(
@@ -268,7 +250,7 @@ def onnx_bytes(
         graph = fast_model(model, fastpath)  # type: ignore[arg-type]
         metadata["graph"] = f"shuffle-free (shufflenet.fastpath, {fastpath})"
     else:
-        graph = _graph_form(model)
+        graph = _graph_form(model, (x.shape[2], x.shape[3]))
         metadata["graph"] = f"plain BN-folded (no fast path: {plain_reason})"
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -436,11 +418,20 @@ def verify_ncnn(
 # -- one call: export and verify ----------------------------------------------------------------
 @dataclass
 class ExportResult:
-    """The files written and how they compare with PyTorch."""
+    """The files written and how they compare with PyTorch, in each runtime that checked them."""
 
     format: str
     files: list[Path]
-    verification: Verification
+    verifications: list[Verification]
+
+    @property
+    def verification(self) -> Verification:
+        """The check in the format's own runtime (ONNX Runtime for ONNX)."""
+        return self.verifications[0]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.verifications)
 
 
 def export_model(
@@ -455,8 +446,9 @@ def export_model(
 ) -> ExportResult:
     """Export ``model`` to ``path`` in ``format`` and verify the file against PyTorch.
 
-    The file is kept even if verification fails (``result.verification.passed`` is False), so
-    that it can be inspected. ``fastpath`` is the ONNX graph layout (see :func:`onnx_bytes`).
+    An ONNX file is run in ONNX Runtime and, when it is installed, in OpenVINO too. The file is
+    kept even if a check fails (``result.passed`` is False), so that it can be inspected.
+    ``fastpath`` is the ONNX graph layout (see :func:`onnx_bytes`).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -468,14 +460,16 @@ def export_model(
                 model, path, opset=opset, batch=batch, input_size=input_size, fastpath=fastpath
             )
         ]
-        check = verify_onnx(path, model, batch_sizes)
+        checks = [verify_onnx(path, model, batch_sizes)]
+        if has_openvino():
+            checks.append(verify_openvino(path, model, batch_sizes))
     elif format == "torchscript":
         files = [export_torchscript(model, path, input_size=input_size)]
-        check = verify_torchscript(path, model, batch_sizes, input_size)
+        checks = [verify_torchscript(path, model, batch_sizes, input_size)]
     else:
         files = export_ncnn(model, path, input_size=input_size)
-        check = verify_ncnn(path, model)
-    return ExportResult(format, files, check)
+        checks = [verify_ncnn(path, model)]
+    return ExportResult(format, files, checks)
 
 
 # -- int8 ---------------------------------------------------------------------------------------
