@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shufflenet.baselines import BASELINES
-from shufflenet.bench import BenchConfig, run_bench
 from shufflenet.io import write_json
+from shufflenet.speed.baselines import BASELINES
+from shufflenet.speed.bench import BenchConfig, run_bench
 
 MODELS = [
     "shufflenet_v2_x0_5",

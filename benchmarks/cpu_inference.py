@@ -7,8 +7,8 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
 * ``ort``: our shufflenet_v2_x1_0 export (shuffle-free graph) vs torchvision's model exported
   with the legacy and the dynamo exporter (dynamic batch axis; the faster is the baseline), in
   ONNX Runtime with all graph optimisations, batch 1 and 32. ONNX Runtime sessions are timed in
-  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.bench``): with a
-  pool per session, the idle pools spin and slow whichever session runs next.
+  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.speed.bench``):
+  with a pool per session, the idle pools spin and slow whichever session runs next.
 * ``v1``: the same for shufflenet_v1_g3_x1_0 against a straightforward export of our own model.
 * ``layouts``: our V2 1x export padded to ONNX Runtime's AVX-512 and AVX2 NCHWc channel blocks
   (16 and 8; the default export uses this CPU's), each against torchvision's legacy export.
@@ -44,16 +44,16 @@ import torch
 import torchvision
 
 import shufflenet
-from shufflenet.bench import (
+from shufflenet.deploy import optimize
+from shufflenet.deploy.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model, onnxruntime_layout
+from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
+from shufflenet.runtimes import openvino_core
+from shufflenet.speed.bench import (
     Timing,
     export_onnx,
     machine_info,
     measure_onnxruntime_cpu,
 )
-from shufflenet.deploy import optimize
-from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
-from shufflenet.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model, onnxruntime_layout
-from shufflenet.runtimes import openvino_core
 
 THREADS = 2
 TOLERANCE = 1e-4
@@ -160,7 +160,7 @@ def ort_interleaved(
     files: dict[str, Path], x: np.ndarray, rounds: int, seconds: float = 0.4
 ) -> dict[str, list[float]]:
     """Per-round median latency (ms) of each file in ONNX Runtime, interleaved in one process
-    whose sessions share one pool of THREADS threads (``shufflenet.bench``)."""
+    whose sessions share one pool of THREADS threads (``shufflenet.speed.bench``)."""
     probe = ort_session(next(iter(files.values())))
     feed = {probe.get_inputs()[0].name: x}
     probe.run(None, feed)

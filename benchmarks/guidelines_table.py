@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shufflenet.guidelines import GuidelinesConfig, plot_table, run_guidelines
 from shufflenet.io import write_json
+from shufflenet.speed.guidelines import GuidelinesConfig, plot_table, run_guidelines
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

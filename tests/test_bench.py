@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 import shufflenet
-from shufflenet.baselines import BASELINES, build_model, expand_model_names, model_card
-from shufflenet.bench import (
+from shufflenet.cli import main
+from shufflenet.complexity import profile
+from shufflenet.speed.baselines import BASELINES, build_model, expand_model_names, model_card
+from shufflenet.speed.bench import (
     BenchConfig,
     Timing,
     WrongOutputs,
@@ -21,9 +23,7 @@ from shufflenet.bench import (
     run_bench,
     time_engine,
 )
-from shufflenet.cli import main
-from shufflenet.complexity import profile
-from shufflenet.timing import plot_timing, time_layers
+from shufflenet.speed.timing import plot_timing, time_layers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,7 +126,7 @@ def test_time_engine_gives_one_result_per_job(engine):
     "engine", [e for e in ("onnxruntime", "openvino") if e in available_engines()]
 )
 def test_an_engine_that_computes_wrong_is_refused_before_timing(engine, monkeypatch):
-    import shufflenet.bench as bench
+    import shufflenet.speed.bench as bench
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()  # other weights

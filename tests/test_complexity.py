@@ -5,7 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet
 from shufflenet.complexity import profile
-from shufflenet.ops import concat_shuffle
+from shufflenet.models.ops import concat_shuffle
 
 
 @pytest.mark.parametrize("name", shufflenet.list_models())

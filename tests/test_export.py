@@ -14,6 +14,7 @@ import shufflenet
 from shufflenet import data
 from shufflenet.cli import main
 from shufflenet.deploy import fuse_bn, static_shuffles
+from shufflenet.deploy.fastpath import ONNXRUNTIME
 from shufflenet.export import (
     _uniform_weight_zero_points,
     default_int8_weights,
@@ -23,7 +24,6 @@ from shufflenet.export import (
     read_onnx_metadata,
     sample_inputs,
 )
-from shufflenet.fastpath import ONNXRUNTIME
 from shufflenet.verification import compare_outputs
 
 PARITY = [

@@ -12,10 +12,9 @@ import torch
 from conftest import randomize_bn
 
 import shufflenet
-from shufflenet import deploy
+import shufflenet.deploy.inference as inference
 from shufflenet.deploy import optimize
-from shufflenet.export import onnx_bytes, read_onnx_metadata
-from shufflenet.fastpath import (
+from shufflenet.deploy.fastpath import (
     EAGER,
     ONNXRUNTIME,
     OPENVINO,
@@ -26,6 +25,7 @@ from shufflenet.fastpath import (
     fastpath_support,
     onnxruntime_layout,
 )
+from shufflenet.export import onnx_bytes, read_onnx_metadata
 
 TOL = 1e-4
 LAYOUTS = {"onnxruntime": ONNXRUNTIME, "openvino": OPENVINO, "eager": EAGER}
@@ -169,7 +169,7 @@ def test_optimize_is_exact(name: str, backend: str) -> None:
 
 def test_optimize_auto_backend_needs_a_compiler_for_inductor(monkeypatch) -> None:
     model = _model("shufflenet_v1_g3_x0_25")
-    monkeypatch.setattr(deploy, "has_cxx_compiler", lambda: False)
+    monkeypatch.setattr(inference, "has_cxx_compiler", lambda: False)
     assert isinstance(optimize(model), torch.jit.ScriptModule)  # TorchScript: nothing to compile
-    monkeypatch.setattr(deploy, "has_cxx_compiler", lambda: True)
-    assert isinstance(optimize(model), deploy._Inductor)  # compiles on its first call
+    monkeypatch.setattr(inference, "has_cxx_compiler", lambda: True)
+    assert isinstance(optimize(model), inference._Inductor)  # compiles on its first call

@@ -8,7 +8,7 @@ from torch import nn
 
 from shufflenet.cli import main
 from shufflenet.complexity import profile
-from shufflenet.guidelines import (
+from shufflenet.speed.guidelines import (
     GUIDELINE_TABLES,
     INPUT_SIZE,
     NUM_BLOCKS,

@@ -5,8 +5,8 @@ from conftest import randomize_bn
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet
-from shufflenet.v1 import V1_STAGE2_WIDTHS, ShuffleNetV1, ShuffleV1Unit, v1_widths
-from shufflenet.v2 import ShuffleNetV2
+from shufflenet.models.v1 import V1_STAGE2_WIDTHS, ShuffleNetV1, ShuffleV1Unit, v1_widths
+from shufflenet.models.v2 import ShuffleNetV2
 
 ALL = shufflenet.list_models()
 V2_NAMES = shufflenet.list_models("shufflenet_v2_*")

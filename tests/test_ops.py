@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from shufflenet.ops import channel_shuffle, channel_split, concat_shuffle, shuffle_permutation
+from shufflenet.models.ops import (
+    channel_shuffle,
+    channel_split,
+    concat_shuffle,
+    shuffle_permutation,
+)
 
 
 @pytest.mark.parametrize("channels,groups", [(6, 2), (12, 3), (24, 8), (7, 1)])

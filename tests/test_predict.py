@@ -13,7 +13,7 @@ from shufflenet import data
 from shufflenet.cli import main
 from shufflenet.export import export_onnx
 from shufflenet.predict import Predictor, class_names_of, imagenet_classes, predict
-from shufflenet.registry import MEGVII_PREPROCESSING
+from shufflenet.preprocessing import MEGVII_PREPROCESSING
 
 NAMES = ["cat", "dog", "eel"]
 

@@ -5,8 +5,13 @@ import json
 import pytest
 
 from shufflenet.cli import main
-from shufflenet.registry import get_model_info
-from shufflenet.selection import default_candidates, pareto_front, plot_selection, select_model
+from shufflenet.models.registry import get_model_info
+from shufflenet.speed.selection import (
+    default_candidates,
+    pareto_front,
+    plot_selection,
+    select_model,
+)
 
 MODELS = ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_25", "shufflenet_v1_g8_x0_5"]
 

@@ -6,10 +6,11 @@
 """
 
 from .complexity import ModelProfile, profile
-from .ops import channel_shuffle, channel_split, concat_shuffle
-from .registry import ModelInfo, Preprocessing, create_model, get_model_info, list_models
-from .v1 import ShuffleNetV1
-from .v2 import ShuffleNetV2
+from .models import ModelInfo, create_model, get_model_info, list_models
+from .models.ops import channel_shuffle, channel_split, concat_shuffle
+from .models.v1 import ShuffleNetV1
+from .models.v2 import ShuffleNetV2
+from .preprocessing import Preprocessing
 from .weights import load, read_metadata, save
 
 __all__ = [

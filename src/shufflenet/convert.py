@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .models import create_model, get_model_info, list_models
 from .predict import imagenet_classes
-from .registry import MEGVII_PREPROCESSING, create_model, get_model_info, list_models
+from .preprocessing import MEGVII_PREPROCESSING
 from .weights import load_state_dict_checked, save
 
 __all__ = [

@@ -18,9 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .base import ShuffleNetBase
 from .io import atomic_path
-from .registry import Preprocessing, create_model, get_model_info
+from .models import create_model, get_model_info
+from .models.base import ShuffleNetBase
+from .preprocessing import Preprocessing
 
 __all__ = ["FORMAT", "load", "load_state_dict_checked", "read_metadata", "save"]
 

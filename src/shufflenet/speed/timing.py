@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..complexity import _Counter, _track_modules, module_category, op_category, profile
+from ..io import atomic_path
 from .bench import check_device, make_engine, measure, torch_threads
-from .complexity import _Counter, _track_modules, module_category, op_category, profile
-from .io import atomic_path
 
 __all__ = ["LayerTime", "TimingProfile", "plot_timing", "time_layers"]
 

@@ -14,7 +14,6 @@ and for g=3 and g=8 at 0.5x/1.5x/2x it gives the official release's widths.
 
 from __future__ import annotations
 
-import itertools
 import math
 from functools import partial
 
@@ -27,6 +26,7 @@ from .registry import ModelInfo, register_model
 
 __all__ = [
     "V1_LAYOUTS",
+    "V1_MODELS",
     "V1_STAGE2_WIDTHS",
     "ShuffleNetV1",
     "ShuffleV1Unit",
@@ -37,7 +37,6 @@ __all__ = [
 # Table 1: output channels of Stage 2 at 1x for each number of groups.
 V1_STAGE2_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 V1_REPEATS = (4, 8, 4)
-V1_WIDTH_MULTS = {"0_25": 0.25, "0_5": 0.5, "1_0": 1.0, "1_5": 1.5, "2_0": 2.0}
 # "paper": shuffle before the depthwise conv. "megvii": the official release's unit, which
 # shuffles after the depthwise conv + BN with the inverse permutation (a (C/g, g) reshape), and
 # a bias-free classifier; its weights load after `shufflenet convert --from megvii`.
@@ -187,33 +186,45 @@ def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> Shuffle
     return ShuffleNetV1(groups, width_mult, **kwargs)
 
 
-# Paper complexity (MFLOPs): Table 1 at 1x, Table 2 at 0.5x/0.25x, Table 5 at 1.5x/2x (g=3).
-_PAPER_MFLOPS = {
-    **{(g, "1_0"): m for g, m in {1: 143, 2: 140, 3: 137, 4: 133, 8: 137}.items()},
-    **{(g, "0_5"): 38 for g in V1_STAGE2_WIDTHS},
-    **{(g, "0_25"): 13 for g in V1_STAGE2_WIDTHS},
-    (3, "1_5"): 292,
-    (3, "2_0"): 524,
-}
-# Table 2 (classification error, %) and Table 5 (1.5x and 2x, g=3).
-_PAPER_ERR = {
-    **dict(zip([(g, "1_0") for g in (1, 2, 3, 4, 8)], (33.6, 32.7, 32.6, 32.8, 32.4), strict=True)),
-    **dict(zip([(g, "0_5") for g in (1, 2, 3, 4, 8)], (45.1, 44.4, 43.2, 41.6, 42.3), strict=True)),
-    **dict(
-        zip([(g, "0_25") for g in (1, 2, 3, 4, 8)], (57.1, 56.8, 55.0, 54.2, 52.7), strict=True)
-    ),
-    (3, "1_5"): 28.5,
-    (3, "2_0"): 26.3,
-}
+# Every V1 model: name, groups, width multiplier, the paper's MFLOPs (Table 1 at 1x, Table 2 at
+# 0.5x/0.25x, Table 5 at 1.5x/2x with g=3) and top-1 error in % (Tables 2 and 5); None: not
+# reported.
+V1_MODELS: tuple[tuple[str, int, float, float | None, float | None], ...] = (
+    ("shufflenet_v1_g1_x0_25", 1, 0.25, 13, 57.1),
+    ("shufflenet_v1_g1_x0_5", 1, 0.5, 38, 45.1),
+    ("shufflenet_v1_g1_x1_0", 1, 1.0, 143, 33.6),
+    ("shufflenet_v1_g1_x1_5", 1, 1.5, None, None),
+    ("shufflenet_v1_g1_x2_0", 1, 2.0, None, None),
+    ("shufflenet_v1_g2_x0_25", 2, 0.25, 13, 56.8),
+    ("shufflenet_v1_g2_x0_5", 2, 0.5, 38, 44.4),
+    ("shufflenet_v1_g2_x1_0", 2, 1.0, 140, 32.7),
+    ("shufflenet_v1_g2_x1_5", 2, 1.5, None, None),
+    ("shufflenet_v1_g2_x2_0", 2, 2.0, None, None),
+    ("shufflenet_v1_g3_x0_25", 3, 0.25, 13, 55.0),
+    ("shufflenet_v1_g3_x0_5", 3, 0.5, 38, 43.2),
+    ("shufflenet_v1_g3_x1_0", 3, 1.0, 137, 32.6),
+    ("shufflenet_v1_g3_x1_5", 3, 1.5, 292, 28.5),
+    ("shufflenet_v1_g3_x2_0", 3, 2.0, 524, 26.3),
+    ("shufflenet_v1_g4_x0_25", 4, 0.25, 13, 54.2),
+    ("shufflenet_v1_g4_x0_5", 4, 0.5, 38, 41.6),
+    ("shufflenet_v1_g4_x1_0", 4, 1.0, 133, 32.8),
+    ("shufflenet_v1_g4_x1_5", 4, 1.5, None, None),
+    ("shufflenet_v1_g4_x2_0", 4, 2.0, None, None),
+    ("shufflenet_v1_g8_x0_25", 8, 0.25, 13, 52.7),
+    ("shufflenet_v1_g8_x0_5", 8, 0.5, 38, 42.3),
+    ("shufflenet_v1_g8_x1_0", 8, 1.0, 137, 32.4),
+    ("shufflenet_v1_g8_x1_5", 8, 1.5, None, None),
+    ("shufflenet_v1_g8_x2_0", 8, 2.0, None, None),
+)
 
-for _g, (_w, _mult) in itertools.product(V1_STAGE2_WIDTHS, V1_WIDTH_MULTS.items()):
+for _name, _groups, _mult, _mflops, _err in V1_MODELS:
     register_model(
         ModelInfo(
-            name=f"shufflenet_v1_g{_g}_x{_w}",
+            name=_name,
             family="v1",
-            builder=partial(shufflenet_v1, _g, _mult),
-            description=f"ShuffleNet V1 {_mult}x, g={_g}",
-            paper_mflops=_PAPER_MFLOPS.get((_g, _w)),
-            paper_top1_err=_PAPER_ERR.get((_g, _w)),
+            builder=partial(shufflenet_v1, _groups, _mult),
+            description=f"ShuffleNet V1 {_mult}x, g={_groups}",
+            paper_mflops=_mflops,
+            paper_top1_err=_err,
         )
     )

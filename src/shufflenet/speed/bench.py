@@ -39,6 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..complexity import profile
+from ..cpu import cpu_name, simd_features
+from ..runtimes import has_openvino, openvino_model, ort_session
+from ..verification import FP32_TOLERANCE, compare_outputs
 from .baselines import (
     BASELINES,
     build_model,
@@ -46,10 +50,6 @@ from .baselines import (
     expand_model_names,
     model_card,
 )
-from .complexity import profile
-from .cpu import cpu_name, simd_features
-from .runtimes import has_openvino, openvino_model, ort_session
-from .verification import FP32_TOLERANCE, compare_outputs
 
 __all__ = [
     "ENGINES",
@@ -75,7 +75,7 @@ ENGINES = (
     "compile",
     "optimized",  # shufflenet.deploy.optimize: shuffle-free, BN folded, channels_last, compiled
     "onnxruntime",
-    "onnxruntime_fast",  # our shuffle-free ONNX graph (shufflenet.fastpath), ORT layout
+    "onnxruntime_fast",  # our shuffle-free ONNX graph (shufflenet.deploy.fastpath), ORT layout
     "openvino",
     "openvino_fast",  # the same in OpenVINO's layout (fp32)
 )
@@ -349,7 +349,7 @@ def measure_onnxruntime_cpu(
             "rounds": rounds,
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "shufflenet.bench"],
+            [sys.executable, "-m", "shufflenet.speed.bench"],
             input=json.dumps(spec),
             capture_output=True,
             text=True,
@@ -398,7 +398,7 @@ def make_engine(
     if engine in ("eager", "channels_last", "compile"):
         return _torch_engine(model, engine, device)
     if engine == "optimized":
-        from .deploy import optimize
+        from ..deploy import optimize
 
         if device != "cpu":
             raise ValueError("the optimized engine runs on the CPU only; use --device cpu")
@@ -421,7 +421,7 @@ def _onnx_file(
     """The ONNX export an ONNX Runtime or OpenVINO engine runs, in a fresh folder of ``workdir``."""
     onnx_file = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir)) / "model.onnx"
     if engine.endswith("_fast"):  # models without a fast path export as they are
-        from .fastpath import ONNXRUNTIME, OPENVINO, fast_model, fastpath_support
+        from ..deploy.fastpath import ONNXRUNTIME, OPENVINO, fast_model, fastpath_support
 
         if fastpath_support(model) is None:
             model = fast_model(model, OPENVINO if engine == "openvino_fast" else ONNXRUNTIME)

@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu
-from .deploy import fuse_bn
-from .ops import channel_shuffle, shuffle_permutation
-from .v1 import ShuffleNetV1, ShuffleV1Unit
-from .v2 import InvertedResidual, ShuffleNetV2
+from .. import cpu
+from ..models.ops import channel_shuffle, shuffle_permutation
+from ..models.v1 import ShuffleNetV1, ShuffleV1Unit
+from ..models.v2 import InvertedResidual, ShuffleNetV2
+from .fuse import fuse_bn
 
 __all__ = [
     "EAGER",

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..preprocessing import Preprocessing
 from .base import ConvBNReLU, ShuffleNetBase, check_positive
 from .ops import channel_shuffle, channel_split, concat_shuffle
-from .registry import ModelInfo, Preprocessing, register_model
+from .registry import ModelInfo, register_model
 
 __all__ = [
     "V2_LAYOUTS",

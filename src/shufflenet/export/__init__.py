@@ -2,12 +2,12 @@
 
 Every export starts from a copy with the BatchNorms folded and the shuffles expressed with
 constant indices (:mod:`shufflenet.deploy`), or, for ONNX by default, from the shuffle-free graph
-of :mod:`shufflenet.fastpath`; either way an ONNX graph has no shape-computing subgraph and its
-batch axis is dynamic. After writing, the file is run in its own runtime (an ONNX file in ONNX
-Runtime and, when installed, in OpenVINO) next to the PyTorch model on the same inputs (random
-pixels through the model's preprocessing) and the largest absolute difference of the outputs is
-reported; :class:`Verification` says whether it is within tolerance (1e-4 of the largest output
-for fp32; non-finite outputs fail).
+of :mod:`shufflenet.deploy.fastpath`; either way an ONNX graph has no shape-computing subgraph
+and its batch axis is dynamic. After writing, the file is run in its own runtime (an ONNX
+file in ONNX Runtime and, when installed, in OpenVINO) next to the PyTorch model on the same
+inputs (random pixels through the model's preprocessing) and the largest absolute difference of
+the outputs is reported; :class:`Verification` says whether it is within tolerance (1e-4 of
+the largest output for fp32; non-finite outputs fail).
 
 The files carry the model's metadata (architecture and layout, class names, preprocessing): in
 ``metadata_props`` for ONNX, as ``shufflenet.json`` inside a TorchScript archive, and in a
@@ -19,7 +19,6 @@ on digits or an image folder; :func:`compare_int8` measures what it costs.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
@@ -37,15 +36,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import cpu
-from .base import ShuffleNetBase
-from .deploy import fuse_bn, static_shuffles
-from .fastpath import ONNXRUNTIME, FastPathOptions, fast_model, fastpath_support
-from .io import atomic_path, write_json
-from .registry import get_model_info
-from .runtimes import has_openvino, openvino_model, ort_session
-from .verification import FP32_TOLERANCE, Verification, compare_outputs
-from .weights import FORMAT
+from .. import cpu
+from ..deploy import fuse_bn, static_shuffles
+from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions, fast_model, fastpath_support
+from ..io import atomic_path, write_json
+from ..models import get_model_info
+from ..models.base import ShuffleNetBase
+from ..runtimes import has_openvino, openvino_model, ort_session
+from ..verification import FP32_TOLERANCE, Verification, compare_outputs
+from ..weights import FORMAT
+from .onnx import DEFAULT_OPSET, OPSETS, to_onnx
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -76,9 +76,6 @@ __all__ = [
 ]
 
 FORMATS = ("onnx", "torchscript", "ncnn")
-DEFAULT_OPSET = 17
-# The TorchScript-based ONNX exporter supports these opsets; per-channel int8 needs 13 or more.
-OPSETS = range(9, 21)
 TORCHSCRIPT_METADATA = "shufflenet.json"
 
 
@@ -232,7 +229,7 @@ def onnx_bytes(
 ) -> bytes:
     """The checked ONNX model (with metadata) as bytes; ``batch=None`` makes the batch dynamic.
 
-    By default the graph is the shuffle-free form of :mod:`shufflenet.fastpath` laid out for
+    By default the graph is the shuffle-free form of :mod:`shufflenet.deploy.fastpath` laid out for
     ``fastpath`` (ONNX Runtime); ``fastpath=None``, or a model it does not cover, gives the plain
     BatchNorm-folded graph. The metadata entry ``graph`` says which one was written.
     """
@@ -248,26 +245,12 @@ def onnx_bytes(
     plain_reason = "not requested" if fastpath is None else fastpath_support(model)
     if plain_reason is None:
         graph = fast_model(model, fastpath)  # type: ignore[arg-type]
-        metadata["graph"] = f"shuffle-free (shufflenet.fastpath, {fastpath})"
+        metadata["graph"] = f"shuffle-free (shufflenet.deploy.fastpath, {fastpath})"
     else:
         graph = _graph_form(model, (x.shape[2], x.shape[3]))
         metadata["graph"] = f"plain BN-folded (no fast path: {plain_reason})"
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The exporter's deprecation notice, and TracerWarnings from input checks that only
-        # read static shapes.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (x,),
-            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
-            dynamo=False,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=[output],
-            dynamic_axes=None if batch else {"input": {0: "batch"}, output: {0: "batch"}},
-        )
-    proto = onnx.load_from_string(buffer.getvalue())
+    data = to_onnx(graph, x, opset=opset, dynamic_batch=not batch, output_name=output)
+    proto = onnx.load_from_string(data)
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
@@ -482,7 +465,7 @@ def calibration_data(
     image folder: ``ROOT/train`` and ``ROOT/val``, or one folder of class folders used for both.
     At most ``max_images`` calibration images, spread evenly over the set.
     """
-    from . import data
+    from .. import data
 
     transform = data.build_eval_transform(preprocessing)
     root = Path(calib)

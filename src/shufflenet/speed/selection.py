@@ -1,6 +1,6 @@
 """Pick the most accurate model that meets a latency budget, measured on this device.
 
-Every candidate is timed with :func:`shufflenet.bench.run_bench` (one engine, one batch size,
+Every candidate is timed with :func:`shufflenet.speed.bench.run_bench` (one engine, one batch size,
 all candidates interleaved), then ranked by published top-1 (the paper's number; torchvision's
 for baselines without one). The Pareto front is the set of candidates that no other candidate
 beats on both latency and accuracy; it is computed against measured latency and against FLOPs,
@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from ..io import atomic_path
+from ..models import get_model_info, list_models
 from .baselines import BASELINES, expand_model_names, model_card
 from .bench import BenchConfig, run_bench
-from .io import atomic_path
-from .registry import get_model_info, list_models
 
 __all__ = [
     "Candidate",

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..complexity import profile
+from ..io import atomic_path
 from .bench import (
     available_engines,
     check_device,
@@ -38,8 +40,6 @@ from .bench import (
     time_engine,
     torch_threads,
 )
-from .complexity import profile
-from .io import atomic_path
 
 __all__ = [
     "GUIDELINE_TABLES",

@@ -46,10 +46,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .data import DIGITS, load_data, load_eval_data
-from .io import atomic_path, write_text
-from .registry import create_model, get_model_info
-from .weights import load, load_state_dict_checked, save
+from ..data import DIGITS, load_data, load_eval_data
+from ..io import atomic_path, write_text
+from ..models import create_model, get_model_info
+from ..weights import load, load_state_dict_checked, save
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -878,7 +878,7 @@ class _Run:
     def write_reports(self, final_top1: float | None = None) -> None:
         if not self.ctx.is_main:
             return
-        from .plots import plot_curves
+        from ..plots import plot_curves
 
         _write_metrics(self.paths["metrics.csv"], self.history)
         plot_curves(self.history, self.paths["curves.png"], final_top1)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .registry import get_model_info, list_models
+from ..models import get_model_info, list_models
 
 __all__ = [
     "BASELINES",
@@ -122,7 +122,7 @@ def build_model(name: str, num_classes: int = 1000) -> nn.Module:
         import torchvision
 
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes).eval()
-    from .registry import create_model
+    from ..models import create_model
 
     return create_model(name, num_classes=num_classes).eval()
 

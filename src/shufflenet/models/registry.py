@@ -1,5 +1,8 @@
 """Model names -> builders and the papers' numbers, like timm's ``create_model``/``list_models``.
 
+Each family module registers its models when :mod:`shufflenet.models` imports it, from a table
+whose rows name each model literally.
+
 Numbers from the papers live here and nowhere else: ``shufflenet models`` prints them and the
 tests assert the built networks against them.
 """
@@ -12,41 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..preprocessing import Preprocessing
 from .base import ShuffleNetBase
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MEGVII_PREPROCESSING",
     "ModelInfo",
-    "Preprocessing",
     "create_model",
     "get_model_info",
     "list_models",
     "register_model",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model's input is made from an RGB image (torchvision's convention by default)."""
-
-    input_size: tuple[int, int] = (224, 224)
-    resize: int = 256
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    scale: float = 1.0 / 255.0
-    channel_order: str = "RGB"
-
-
-# What the official (Megvii) release's networks take: BGR pixel values 0-255, not normalised;
-# shorter side resized to 256, centre crop 224.
-MEGVII_PREPROCESSING = Preprocessing(
-    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"
-)
 
 
 @dataclass(frozen=True)
@@ -61,7 +39,7 @@ class ModelInfo:
     paper_params_m: float | None = None
     paper_top1_err: float | None = None
     reference_top1: dict[str, float] = field(default_factory=dict)
-    preprocessing: Preprocessing = Preprocessing()
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     @property
     def paper_top1(self) -> float | None:
@@ -80,14 +58,8 @@ def register_model(info: ModelInfo) -> ModelInfo:
     return info
 
 
-def _ensure_loaded() -> None:
-    # The model modules register themselves on import.
-    from . import v1, v2  # noqa: F401
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names in registry order, optionally filtered by a shell-style pattern."""
-    _ensure_loaded()
     names = list(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
@@ -96,7 +68,6 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def get_model_info(name: str) -> ModelInfo:
     """The registry entry of ``name``; an unknown name raises ``ValueError`` with suggestions."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,0 +1,44 @@
+"""The ``shufflenet`` command: thin verbs that parse arguments, call the API and print.
+
+One module per verb group (``models``, ``speed``, ``train``, ``deploy``), each holding its
+verbs' handlers and parsers; a handler takes the parsed arguments and returns an exit code.
+Errors the user can fix (``ValueError``, ``OSError``) become one ``error: ...`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import deploy, models, speed, train
+from .common import Parser, parse_input_size
+
+__all__ = ["build_parser", "main", "parse_input_size"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="shufflenet",
+        description="ShuffleNet V1/V2: models, complexity, training, benchmarks and export.",
+    )
+    parser.add_argument("--version", action="version", version=f"shufflenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    for group in (models, speed, train, deploy):
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,179 @@
+"""``shufflenet models`` and ``shufflenet profile``: the zoo and per-layer complexity (and time)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import input_size_arg, print_json, print_table
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ..complexity import profile
+    from ..models import create_model, get_model_info, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}")
+    records: list[dict[str, Any]] = []
+    for name in names:
+        info = get_model_info(name)
+        stats = profile(create_model(name), (3, 224, 224))
+        records.append(
+            {
+                "name": name,
+                "family": info.family,
+                "description": info.description,
+                "params": stats.params,
+                "flops": stats.flops,
+                "paper_mflops": info.paper_mflops,
+                "paper_params_m": info.paper_params_m,
+                "paper_top1_err": info.paper_top1_err,
+                "reference_top1": info.reference_top1,
+            }
+        )
+    if args.json:
+        print_json(records)
+        return 0
+    rows = [
+        (
+            r["name"],
+            f"{r['params'] / 1e6:.2f}",
+            r["paper_params_m"],
+            f"{r['flops'] / 1e6:.1f}",
+            r["paper_mflops"],
+            r["paper_top1_err"],
+        )
+        for r in records
+    ]
+    headers = ("model", "params(M)", "paper", "MFLOPs@224", "paper", "paper top-1 err %")
+    print_table(rows, headers)
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from ..complexity import profile
+    from ..models import create_model
+
+    if args.timing:
+        return _profile_timing(args)
+    model = create_model(args.model, num_classes=args.num_classes)
+    stats = profile(model, (3, *args.input_size))
+    if args.json:
+        print_json({"model": args.model, **stats.to_dict()})
+        return 0
+    rows = [
+        (
+            layer.name,
+            layer.kind,
+            layer.category,
+            "x".join(map(str, layer.output_shape[1:])),
+            layer.params,
+            f"{layer.flops / 1e6:.3f}",
+            f"{layer.mac / 1e3:.1f}",
+        )
+        for layer in stats.layers
+    ]
+    print_table(rows, ("layer", "kind", "category", "output", "params", "MFLOPs", "MAC(K)"))
+    print()
+    cats = stats.by_category()
+    cat_rows = [
+        (
+            name,
+            c["layers"],
+            f"{c['flops'] / 1e6:.2f}",
+            f"{100 * c['flops'] / max(stats.flops, 1):.1f}%",
+            f"{c['mac'] / 1e6:.3f}",
+            f"{100 * c['mac'] / max(stats.mac, 1):.1f}%",
+        )
+        for name, c in sorted(cats.items(), key=lambda kv: -kv[1]["mac"])
+    ]
+    print_table(cat_rows, ("category", "rows", "MFLOPs", "share", "MAC(M)", "share"))
+    h, w = args.input_size
+    print(
+        f"\n{args.model} @ {h}x{w}: {stats.params / 1e6:.3f} M params, "
+        f"{stats.flops / 1e6:.2f} MFLOPs (multiply-adds), MAC {stats.mac / 1e6:.2f} M elements "
+        f"({stats.mac_bytes / 2**20:.1f} MiB)"
+    )
+    return 0
+
+
+def _profile_timing(args: argparse.Namespace) -> int:
+    from ..models import create_model
+    from ..speed.timing import plot_timing, time_layers
+
+    model = create_model(args.model, num_classes=args.num_classes)
+    result = time_layers(
+        model,
+        (3, *args.input_size),
+        batch_size=args.batch_size,
+        runs=args.runs,
+        device=args.device,
+        threads=args.threads,
+    )
+    plot = plot_timing(result, args.plot or f"{args.model}_timing.png", args.model)
+    if args.json:
+        print_json({"model": args.model, "plot": str(plot), **result.to_dict()})
+        return 0
+    total = max(result.layers_ms, 1e-12)
+    rows = [
+        (
+            layer.name,
+            layer.category,
+            f"{layer.time_ms:.4f}",
+            f"{100 * layer.time_ms / total:.1f}%",
+            f"{layer.flops / 1e6:.3f}",
+            f"{layer.mac / 1e3:.1f}",
+        )
+        for layer in result.layers
+    ]
+    print_table(rows, ("layer", "category", "ms", "time", "MFLOPs", "MAC(K)"))
+    print()
+    cats = result.by_category()
+    flops = max(sum(c["flops"] for c in cats.values()), 1)
+    mac = max(sum(c["mac"] for c in cats.values()), 1)
+    cat_rows = [
+        (
+            name,
+            int(c["layers"]),
+            f"{c['time_ms']:.3f}",
+            f"{100 * c['time_ms'] / total:.1f}%",
+            f"{100 * c['flops'] / flops:.1f}%",
+            f"{100 * c['mac'] / mac:.1f}%",
+        )
+        for name, c in sorted(cats.items(), key=lambda kv: -kv[1]["time_ms"])
+    ]
+    print_table(cat_rows, ("category", "rows", "ms", "time", "FLOPs", "MAC"))
+    h, w = args.input_size
+    print(
+        f"\n{args.model} @ {h}x{w}, batch {result.batch_size}, {result.device}, "
+        f"{result.threads} threads: layers {result.layers_ms:.3f} ms + overhead "
+        f"{result.overhead_ms:.3f} ms = {result.total_ms:.3f} ms instrumented "
+        f"({result.plain_ms:.3f} ms without timers)\nplot: {plot}"
+    )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``models`` and ``profile`` verbs."""
+    p = sub.add_parser("models", help="list the models with params, FLOPs and paper numbers")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'shufflenet_v2*'")
+    p.add_argument("--json", action="store_true", help="print JSON records")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("profile", help="per-layer params, FLOPs and memory access cost")
+    p.add_argument("model", help="model name (see `shufflenet models`)")
+    p.add_argument(
+        "--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW, e.g. 160x192"
+    )
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--timing", action="store_true", help="also measure time per layer")
+    p.add_argument("--batch-size", type=int, default=1, help="with --timing (default 1)")
+    p.add_argument("--runs", type=int, default=20, help="with --timing: timed passes")
+    p.add_argument("--threads", type=int, help="with --timing: intra-op threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="with --timing")
+    p.add_argument("--plot", help="with --timing: PNG path (default MODEL_timing.png)")
+    p.set_defaults(func=_cmd_profile)

@@ -1,0 +1,132 @@
+"""``shufflenet train`` and ``shufflenet eval``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+from .common import print_json, print_table
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+
+    from ..train import TrainConfig, fit, read_run_config
+
+    # Options left out stay out of ``given``: a resumed run keeps its own settings for them.
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if given.get("resume"):
+        if given.get("out") is None:
+            raise ValueError("--resume needs --out RUN_DIR, the run to continue")
+        config = replace(read_run_config(given["out"]), **given)
+    else:
+        config = TrainConfig(**given)
+    result = fit(config, log=print)
+    if not result.is_main:
+        return 0
+    final, mins = result.final, divmod(round(result.seconds), 60)
+    print(
+        f"\ndone: val top-1 {100 * final.top1:.2f}%, top-5 {100 * final.top5:.2f}%, "
+        f"loss {final.loss:.4f} on {final.num_images} images after {result.epochs} epochs "
+        f"({mins[0]}m{mins[1]:02d}s)"
+    )
+    print(f"  model:      {result.model_path}")
+    print(f"  curves:     {result.curves_path}")
+    print(f"  metrics:    {result.metrics_path}")
+    print(f"  checkpoint: {result.checkpoint_path}")
+    print(f"evaluate with: shufflenet eval --weights {result.model_path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ..train import evaluate_weights
+
+    result, data = evaluate_weights(
+        args.weights,
+        args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        skip_bad_images=args.skip_bad_images,
+    )
+    if args.json:
+        print_json({"weights": str(args.weights), "data": data, **result.to_dict()})
+        return 0
+    rows = [
+        (name, result.class_counts[name], "-" if acc is None else f"{100 * acc:.2f}%")
+        for name, acc in result.per_class.items()
+    ]
+    print_table(rows, ("class", "images", "top-1"))
+    print(
+        f"\n{args.weights} on {data}: top-1 {100 * result.top1:.2f}%, "
+        f"top-5 {100 * result.top5:.2f}%, loss {result.loss:.4f} ({result.num_images} images)"
+    )
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model on digits or an ImageFolder tree (torchrun for several processes)",
+        description="Train MODEL with the papers' recipe; writes model.safetensors, "
+        "checkpoint.pt, metrics.csv and curves.png into the run dir. Under `torchrun "
+        "--nproc-per-node N -m shufflenet train ...` it trains with DDP.",
+    )
+    p.add_argument("model", help="model name (see `shufflenet models`)")
+    # Options left out are absent from the namespace, so TrainConfig (or, with --resume, the
+    # run being continued) decides. The defaults quoted here are TrainConfig's; a test checks
+    # them (importing it here would load torch for every --help).
+    opt = functools.partial(p.add_argument, default=argparse.SUPPRESS)
+    flag = functools.partial(opt, action="store_true")
+    opt("--data", help="'digits' (embedded, default) or a folder with train/ and val/ inside")
+    opt("--epochs", type=int, help="default 15")
+    opt("--batch-size", type=int, help="global batch over all processes (default 32)")
+    opt("--lr", type=float, help="peak learning rate (default 0.5 x batch/1024, as the paper)")
+    opt("--momentum", type=float, help="default 0.9")
+    opt("--weight-decay", type=float, help="conv/linear weights only (default 4e-05)")
+    opt("--label-smoothing", type=float, help="default 0.1")
+    opt("--schedule", choices=("linear", "cosine"), help="decay to 0 (default linear)")
+    opt("--warmup-epochs", type=float, help="at most a fifth of the run (default 1.0)")
+    opt("--image-size", type=int, help="default 64 for digits, 224 for folders")
+    opt(
+        "--augment",
+        choices=("auto", "imagenet", "light", "none"),
+        help="auto: light (shifts) for digits, imagenet (crop, flip, colour) for folders",
+    )
+    opt("--drop-rate", type=float, help="dropout before the classifier (default 0.0)")
+    opt(
+        "--bn-recalibrate",
+        type=int,
+        metavar="BATCHES",
+        help="re-estimate BN statistics on BATCHES batches at the end (default 20; 0: off)",
+    )
+    opt("--init-weights", metavar="FILE", help="start from these weights (fine-tuning)")
+    opt("--limit-train-batches", type=int, metavar="N", help="at most N batches per epoch")
+    flag("--skip-bad-images", help="skip unreadable image files instead of stopping")
+    opt("--seed", type=int, help="default 0")
+    opt("--out", metavar="RUN_DIR", help="default runs/MODEL, runs/MODEL-2, ...")
+    flag("--resume", help="continue the run in --out from its last checkpoint")
+    opt("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    opt("--workers", type=int, help="loader processes (default 0 for digits, <= 8 for folders)")
+    opt("--threads", type=int, help="CPU threads (default: the cores idle at the start)")
+    flag("--amp", help="mixed precision: bf16 autocast (fp16 on GPUs without bf16)")
+    flag("--channels-last", help="channels_last (NHWC) memory format")
+    opt("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1, top-5, loss and per-class accuracy of a weights file")
+    p.add_argument("--weights", required=True, help="a model.safetensors written by train")
+    p.add_argument(
+        "--data",
+        help="digits, an ImageFolder root (uses val/) or a folder of class folders "
+        "(default: the data the model was trained on)",
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=int, help="data loading processes (default: auto)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images")
+    p.add_argument("--json", action="store_true", help="print JSON (top1/top5 as fractions)")
+    p.set_defaults(func=_cmd_eval)
