@@ -17,14 +17,8 @@ from safetensors.torch import load_file
 
 import shufflenet
 from shufflenet.cli import build_parser, main
-from shufflenet.train import (
-    METRIC_COLUMNS,
-    TrainConfig,
-    evaluate_weights,
-    fit,
-    lr_factor,
-    param_groups,
-)
+from shufflenet.evaluate import evaluate_weights
+from shufflenet.train import METRIC_COLUMNS, TrainConfig, fit, lr_factor, param_groups
 
 TINY = "shufflenet_v1_g3_x0_25"
 # A few steps at 32x32: seconds per run.
@@ -124,11 +118,15 @@ def test_evaluate_weights_agrees_with_the_run(run):
     assert per_class_hits == pytest.approx(ev.top1 * 360)
 
 
-def test_existing_run_needs_resume_and_the_same_recipe(run):
+def test_existing_run_needs_resume_and_the_same_recipe(run, tmp_path, capsys):
     result, _ = run
     config = TrainConfig(model=TINY, epochs=2, out=str(result.run_dir), **QUICK)
-    with pytest.raises(ValueError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(ValueError, match=r"already holds a run; continue it with resume=True"):
         fit(config)
+    assert main(["train", TINY, "--out", str(result.run_dir)]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="resume: no checkpoint in"):
+        fit(replace(config, out=str(tmp_path / "none"), resume=True))
     with pytest.raises(ValueError, match=r"lr 0\.1 \(checkpoint: 0\.015625\)"):
         fit(replace(config, resume=True, lr=0.1))
     before = load_file(result.model_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
 from typing import Any
 
 from .common import print_json, print_table
@@ -15,13 +16,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields, replace
 
     from ..train import TrainConfig, fit, read_run_config
+    from ..train.files import RunFiles
 
     # Options left out stay out of ``given``: a resumed run keeps its own settings for them.
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    out = given.get("out")
     if given.get("resume"):
-        if given.get("out") is None:
+        if out is None:
             raise ValueError("--resume needs --out RUN_DIR, the run to continue")
-        config = replace(read_run_config(given["out"]), **given)
+        config = replace(read_run_config(out), **given)
+    elif out is not None and RunFiles(Path(out)).checkpoint.exists():
+        raise ValueError(
+            f"{out} already holds a run; continue it with --resume or choose another --out"
+        )
     else:
         config = TrainConfig(**given)
     result = fit(config, log=print)
@@ -42,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..train import evaluate_weights
+    from ..evaluate import evaluate_weights
 
     result, data = evaluate_weights(
         args.weights,

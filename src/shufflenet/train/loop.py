@@ -1,0 +1,419 @@
+""":func:`fit`: one training run, from its config to the files in its run directory."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from ..data import DIGITS, load_data
+from ..device import idle_threads, resolve_device, torch_threads
+from ..evaluate import (
+    EvalResult,
+    autocast,
+    autocast_dtype,
+    eval_counts,
+    eval_result,
+    loader_workers,
+    to_device,
+)
+from ..models import create_model
+from ..models.base import ShuffleNetBase
+from ..weights import load, load_state_dict_checked, save
+from .config import TrainConfig, checkpoint_to_resume
+from .distributed import Dist, all_sum, broadcast, distributed, gather
+from .files import RunFiles, default_run_dir, write_checkpoint, write_metrics
+from .rng import rng_state, seed_all, seed_worker, set_rng_state
+from .schedule import lr_scheduler, param_groups
+
+__all__ = ["FitResult", "fit"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FitResult:
+    """Where a run wrote its outputs and how it ended (``is_main``: rank 0 of the run)."""
+
+    run_dir: Path
+    model_path: Path
+    checkpoint_path: Path
+    metrics_path: Path
+    curves_path: Path
+    epochs: int
+    final: EvalResult
+    history: list[dict[str, float]]
+    seconds: float
+    is_main: bool = True
+    resumed_from: int | None = None
+    skipped_images: list[str] = field(default_factory=list)
+
+
+def fit(config: TrainConfig, log: Log | None = None) -> FitResult:
+    """Train ``config.model`` as configured; ``log`` receives one line per epoch (rank 0).
+
+    Under torchrun every process calls this with the same config. Raises ``ValueError`` /
+    ``FileNotFoundError`` for bad settings or data, before any training.
+    """
+    config = config.validated()
+    if config.threads is None and resolve_device(config.device).type == "cpu":
+        config = replace(config, threads=idle_threads())
+    with torch_threads(config.threads), distributed(config.device) as ctx:
+        return _Run(config, ctx, log).run()
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _create_model(config: TrainConfig, num_classes: int, fine_tune: bool) -> ShuffleNetBase:
+    """A new ``config.model``; with ``fine_tune``, from ``config.init_weights`` if given (a
+    classifier of another size keeps its fresh weights)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if config.drop_rate:
+        kwargs["drop_rate"] = config.drop_rate
+    model = create_model(config.model, **kwargs)
+    if not (fine_tune and config.init_weights):
+        return model
+    source = load(config.init_weights)
+    if source.model_config.get("name") != config.model:
+        raise ValueError(
+            f"init_weights {config.init_weights} holds {source.model_config.get('name')}, "
+            f"not {config.model}"
+        )
+    state = source.state_dict()
+    if source.num_classes != model.num_classes:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+    load_state_dict_checked(model, state)
+    return model
+
+
+class _Run:
+    """One training run of :func:`fit`: everything it needs, built and checked (or restored
+    from the checkpoint) by the constructor, then the per-epoch work."""
+
+    def __init__(self, config: TrainConfig, ctx: Dist, log: Log | None) -> None:
+        c = self.config = config
+        self.ctx = ctx
+        self._log = log
+        self.started = time.perf_counter()
+        self.device = resolve_device(c.device, ctx.local_rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.amp_dtype = autocast_dtype(self.device, c.amp)
+        self.workers = loader_workers(c.data, ctx.world_size) if c.workers is None else c.workers
+        if c.batch_size % ctx.world_size:
+            raise ValueError(
+                f"batch size {c.batch_size} does not split over {ctx.world_size} processes"
+            )
+        self.local_batch = c.batch_size // ctx.world_size
+        out = c.out if c.out is not None else str(default_run_dir(c.model))
+        self.files = RunFiles(Path(broadcast(out, ctx)))
+        checkpoint = checkpoint_to_resume(c, self.files)
+
+        self.data = load_data(
+            c.data,
+            cast(int, c.image_size),
+            augment=c.augment,
+            skip_bad_images=c.skip_bad_images,
+            workers=max(1, self.workers),
+        )
+        if self.data.num_train < c.batch_size:
+            raise ValueError(
+                f"{self.data.num_train} training images is fewer than one batch of "
+                f"{c.batch_size}; lower batch_size"
+            )
+        self.classes = self.data.classes
+
+        seed_all(c.seed)
+        self.model = _create_model(c, len(self.classes), fine_tune=checkpoint is None)
+        self.model.to(self.device)
+        if c.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if ctx.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.model, c.weight_decay), lr=cast(float, c.lr), momentum=c.momentum
+        )
+        # What a DistributedSampler with drop_last gives each process, in whole batches.
+        n_batches = self.data.num_train // ctx.world_size // self.local_batch
+        self.steps_per_epoch = min(n_batches, c.limit_train_batches or n_batches)
+        self.scheduler = lr_scheduler(
+            self.optimizer, c.epochs, self.steps_per_epoch, c.warmup_epochs, c.schedule
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+
+        # Each process draws its own augmentation and dropout.
+        seed_all(c.seed + ctx.rank)
+        self.start_epoch = 0
+        self.history: list[dict[str, float]] = []
+        if checkpoint is not None:
+            self.start_epoch, self.history = self._restore(checkpoint)
+
+    def log(self, message: str) -> None:
+        if self._log is not None and self.ctx.is_main:
+            self._log(message)
+
+    def _restore(self, ckpt: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
+        """Load the checkpoint's states; returns its epoch and history."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        epoch = int(ckpt["epoch"])
+        states = ckpt["rng"]
+        if len(states) == self.ctx.world_size:
+            set_rng_state(states[self.ctx.rank])
+        else:  # another process count: exactness is lost anyway, keep runs distinct
+            seed_all(self.config.seed + 1000 * epoch + self.ctx.rank)
+        return epoch, list(ckpt["history"])
+
+    # -- one epoch ------------------------------------------------------------------------
+    def _train_loader(self, epoch: int) -> DataLoader[Any]:
+        """This process's shard of the training set, shuffled as a function of (seed, epoch)."""
+        dataset = self.data.train
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            dataset,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            shuffle=True,
+            seed=self.config.seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(
+            dataset,
+            batch_size=self.local_batch,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=seed_worker if self.workers else None,
+            generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch),
+        )
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        """Returns (mean train loss, images/s, lr at the end)."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        self.net.train()
+        loader = self._train_loader(epoch)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{c.epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (c.progress and self.ctx.is_main),
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            if step >= self.steps_per_epoch:
+                break
+            x = to_device(x, self.device, c.channels_last)
+            y = y.to(self.device, non_blocking=True)
+            with autocast(self.device, self.amp_dtype):
+                loss = self.criterion(self.net(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            loss_sum += loss.detach().double() * len(y)
+            seen += len(y)
+            bar.update()
+            if step % 5 == 0 or step + 1 == self.steps_per_epoch:
+                running = loss_sum.item() / seen
+                if not math.isfinite(running):
+                    raise ValueError(
+                        f"the loss became {running} in epoch {epoch + 1}; lower lr "
+                        "(or turn off amp)"
+                    )
+                rate = seen * self.ctx.world_size / (time.perf_counter() - start)
+                stats = {
+                    "loss": f"{running:.4f}",
+                    "lr": f"{self.scheduler.get_last_lr()[0]:.4g}",
+                    "img/s": f"{rate:.0f}",
+                }
+                bar.set_postfix(stats, refresh=False)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        totals = all_sum(
+            torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64), self.ctx
+        )
+        train_loss = float(totals[0] / max(1.0, float(totals[1])))
+        return train_loss, float(totals[1]) / elapsed, float(self.scheduler.get_last_lr()[0])
+
+    def validate(self) -> EvalResult:
+        """Accuracy on the val set, each process taking every world_size-th image."""
+        val = self.data.val
+        if self.ctx.active:
+            val = Subset(val, range(self.ctx.rank, len(val), self.ctx.world_size))  # type: ignore[arg-type]
+        sums = eval_counts(
+            self.model,
+            val,
+            len(self.classes),
+            batch_size=max(self.local_batch, 128),
+            device=self.device,
+            workers=self.workers,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.config.channels_last,
+        )
+        return eval_result(all_sum(sums, self.ctx), self.classes)
+
+    def recalibrate_bn(self, batches: int) -> None:
+        """Re-estimate BN statistics as exact averages over ``batches`` batches of training
+        images (eval pipeline, fixed order); every process uses the same batches."""
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        loader = DataLoader(
+            self.data.train_plain,
+            batch_size=self.local_batch,
+            shuffle=True,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+        self.model.train()
+        with torch.no_grad():
+            for i, (x, _) in enumerate(loader):
+                if i >= batches:
+                    break
+                with autocast(self.device, self.amp_dtype):
+                    self.model(to_device(x, self.device, self.config.channels_last))
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+
+    # -- outputs --------------------------------------------------------------------------
+    def save_checkpoint(self, epoch: int) -> None:
+        rng = gather(rng_state(), self.ctx)  # a collective: every process calls it
+        if not self.ctx.is_main:
+            return
+        state = {
+            "config": asdict(self.config),
+            "epoch": epoch,
+            "world_size": self.ctx.world_size,
+            "classes": self.classes,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "history": self.history,
+        }
+        write_checkpoint(self.files.checkpoint, state)
+
+    def save_model(self, epoch: int, result: EvalResult) -> None:
+        if not self.ctx.is_main:
+            return
+        c = self.config
+        data = c.data if c.data == DIGITS else str(Path(c.data).resolve())
+        save(
+            self.model,
+            self.files.model,
+            class_names=self.classes,
+            preprocessing=self.data.preprocessing,
+            data=data,
+            epoch=epoch,
+            val_top1=result.top1,
+            val_top5=result.top5,
+        )
+
+    def write_reports(self, final_top1: float | None = None) -> None:
+        if not self.ctx.is_main:
+            return
+        from ..plots import plot_curves
+
+        write_metrics(self.files.metrics, self.history)
+        plot_curves(self.history, self.files.curves, final_top1)
+
+    # -- the whole run --------------------------------------------------------------------
+    def run(self) -> FitResult:
+        c = self.config
+        skipped = [str(p) for p, _ in self.data.skipped]
+        if skipped:
+            self.log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+        self.log(
+            f"training {c.model} on {c.data}: {self.data.num_train} train / "
+            f"{self.data.num_val} val images, {len(self.classes)} classes, "
+            f"{c.image_size}x{c.image_size}, {c.epochs} epochs of {self.steps_per_epoch} "
+            f"batches of {c.batch_size}, lr {c.lr:g}, {self.device.type}"
+            + (
+                f" ({_plural(torch.get_num_threads(), 'thread')})"
+                if self.device.type == "cpu"
+                else ""
+            )
+            + (f" x {self.ctx.world_size} processes" if self.ctx.active else "")
+            + f"; run dir {self.files.dir}"
+        )
+        if self.start_epoch:
+            self.log(f"resuming after epoch {self.start_epoch} from {self.files.checkpoint}")
+        result: EvalResult | None = None
+        for epoch in range(self.start_epoch, c.epochs):
+            epoch_start = time.perf_counter()
+            train_loss, rate, lr = self.train_epoch(epoch)
+            result = self.validate()
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": result.loss,
+                "val_top1": result.top1,
+                "val_top5": result.top5,
+                "lr": lr,
+                "seconds": time.perf_counter() - epoch_start,
+                "images_per_s": rate,
+            }
+            self.history.append(row)
+            self.save_checkpoint(epoch + 1)
+            self.write_reports()
+            self.save_model(epoch + 1, result)
+            self.log(
+                f"epoch {epoch + 1:>{len(str(c.epochs))}}/{c.epochs}  "
+                f"train loss {train_loss:.4f}  val loss {result.loss:.4f}  "
+                f"top-1 {100 * result.top1:6.2f}%  top-5 {100 * result.top5:6.2f}%  "
+                f"{row['seconds']:.1f} s ({rate:.0f} img/s)"
+            )
+        if result is None or c.bn_recalibrate:
+            if c.bn_recalibrate:
+                self.recalibrate_bn(c.bn_recalibrate)
+            result = self.validate()
+            if c.bn_recalibrate:
+                self.log(
+                    f"BN statistics re-estimated on {c.bn_recalibrate} batches: "
+                    f"val loss {result.loss:.4f}  top-1 {100 * result.top1:.2f}%  "
+                    f"top-5 {100 * result.top5:.2f}%"
+                )
+            self.write_reports(result.top1 if c.bn_recalibrate else None)
+            self.save_model(c.epochs, result)
+        return FitResult(
+            run_dir=self.files.dir,
+            model_path=self.files.model,
+            checkpoint_path=self.files.checkpoint,
+            metrics_path=self.files.metrics,
+            curves_path=self.files.curves,
+            epochs=c.epochs,
+            final=result,
+            history=self.history,
+            seconds=time.perf_counter() - self.started,
+            is_main=self.ctx.is_main,
+            resumed_from=self.start_epoch if c.resume else None,
+            skipped_images=skipped,
+        )
