@@ -12,8 +12,10 @@ ALL = shufflenet.list_models()
 V2_NAMES = shufflenet.list_models("shufflenet_v2_*")
 
 
-def test_registry_has_29_models():
-    assert len(ALL) == 29
+def test_registry_has_the_25_v1_and_4_v2_models():
+    v1 = [f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_25", "0_5", "1_0")]
+    v1 += ["shufflenet_v1_g3_x1_5", "shufflenet_v1_g3_x2_0"]
+    assert set(v1) <= set(ALL)
     assert len(shufflenet.list_models("shufflenet_v1_*")) == 25
     assert [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")] == V2_NAMES
 
@@ -157,3 +159,40 @@ def test_init_is_documented_scheme():
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.1)
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.1)
     assert torch.equal(model.conv1[1].weight, torch.ones(24))
+
+
+class _SqueezeExcite(torch.nn.Module):
+    """A small squeeze-excitation layer, as a family with SE would pass in ``se_layer``."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.fc = torch.nn.Conv2d(channels, channels // 4, 1)
+        self.gate = torch.nn.Conv2d(channels // 4, channels, 1)
+
+    def forward(self, x):
+        scale = self.gate(torch.relu(self.fc(x.mean((2, 3), keepdim=True))))
+        return x * torch.nn.functional.hardsigmoid(scale)
+
+
+def test_blocks_take_their_layers():
+    from shufflenet.deploy.fastpath import fastpath_support
+
+    model = ShuffleNetV2(
+        [1, 2, 1],
+        [16, 32, 64, 128, 256],
+        num_classes=5,
+        act_layer=torch.nn.Hardswish,
+        se_layer=_SqueezeExcite,
+        layout="megvii",
+    ).eval()
+    acts = {type(m) for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Hardswish))}
+    assert acts == {torch.nn.Hardswish}
+    assert sum(isinstance(m, _SqueezeExcite) for m in model.modules()) == 4  # one per unit
+    assert model.fc.bias is None  # Megvii's bias-free classifier, from the base class
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    swish = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], act_layer=torch.nn.Hardswish)
+    assert "Hardswish" in fastpath_support(swish)  # not rewritten: it would be wrong
+    se = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], se_layer=_SqueezeExcite)
+    assert fastpath_support(se) is not None
+    v1 = ShuffleNetV1(groups=3, width_mult=0.5, act_layer=torch.nn.Hardswish, layout="megvii")
+    assert v1.fc.bias is None and isinstance(v1.stage2[0].relu1, torch.nn.Hardswish)

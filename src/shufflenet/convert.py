@@ -40,8 +40,9 @@ import torch
 from torch import Tensor
 
 from .models import create_model, get_model_info, list_models
-from .predict import imagenet_classes
-from .preprocessing import MEGVII_PREPROCESSING
+from .models.v1 import V1_REPEATS
+from .models.v2 import V2_REPEATS
+from .preprocessing import MEGVII_PREPROCESSING, imagenet_classes
 from .weights import load_state_dict_checked, save
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
     "torchvision_filter",
 ]
 
-SOURCES = ("torchvision", "megvii")
-_REPEATS = (4, 8, 4)  # units per stage, the same in V1 and V2
 _WRAPPERS = ("state_dict", "model")
 
 
@@ -89,13 +88,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _unit(index: int) -> str:
+def _unit(index: int, stage_repeats: tuple[int, ...]) -> str:
     """``stage{s}.{i}`` for the ``index``-th unit counted over all stages."""
-    for stage, repeats in enumerate(_REPEATS, start=2):
+    for stage, repeats in enumerate(stage_repeats, start=2):
         if index < repeats:
             return f"stage{stage}.{index}"
         index -= repeats
-    raise ValueError(f"unit index out of range: {index + sum(_REPEATS)}")
+    raise ValueError(f"unit index out of range: {index + sum(stage_repeats)}")
 
 
 def _rename(
@@ -134,7 +133,7 @@ def megvii_v2_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             (r"^conv_last\.([01])\.", lambda m: f"conv5.{m[1]}."),
             (
                 r"^features\.(\d+)\.(branch_main|branch_proj)\.",
-                lambda m: f"{_unit(int(m[1]))}.{branches[m[2]]}.",
+                lambda m: f"{_unit(int(m[1]), V2_REPEATS)}.{branches[m[2]]}.",
             ),
         ],
     )
@@ -153,7 +152,7 @@ def megvii_v1_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
     def unit_layer(m: re.Match[str]) -> str:
         layer = layers.get((m[2], m[3]), f"{m[2]}.{m[3]}")
-        return f"{_unit(int(m[1]))}.{layer}."
+        return f"{_unit(int(m[1]), V1_REPEATS)}.{layer}."
 
     return _rename(
         state_dict,
@@ -161,14 +160,14 @@ def megvii_v1_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     )
 
 
-def _family_and_filter(
-    source: str, state_dict: dict[str, Tensor]
-) -> tuple[str, str, Callable[[dict[str, Tensor]], dict[str, Tensor]]]:
-    """(model name pattern, layout, filter) for a checkpoint from ``source``."""
-    if source == "torchvision":
-        return "shufflenet_v2_*", "torchvision", torchvision_filter
-    if source != "megvii":
-        raise ValueError(f"--from must be one of {', '.join(SOURCES)}, got {source!r}")
+Filter = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+def _torchvision(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
+    return "shufflenet_v2_*", "torchvision", torchvision_filter
+
+
+def _megvii(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
     if any(".branch_main_1." in k for k in state_dict):
         return "shufflenet_v1_*", "megvii", megvii_v1_filter
     if any(".branch_main." in k for k in state_dict):
@@ -177,6 +176,14 @@ def _family_and_filter(
         "not a Megvii ShuffleNet V1/V2 checkpoint: no features.N.branch_main(_1) keys; first "
         f"keys: {', '.join(list(state_dict)[:3])}"
     )
+
+
+# Where checkpoints come from: source -> (model name pattern, layout, key filter) of a state dict.
+# A new source is one entry here plus its filter.
+SOURCES: dict[str, Callable[[dict[str, Tensor]], tuple[str, str, Filter]]] = {
+    "torchvision": _torchvision,
+    "megvii": _megvii,
+}
 
 
 def _shape_matches(name: str, kwargs: dict[str, object], state_dict: dict[str, Tensor]) -> int:
@@ -216,8 +223,10 @@ def convert_checkpoint(
     The architecture is ``model`` if given, else the registered one whose shapes fit. A
     checkpoint that does not fit raises ``ValueError`` naming the first mismatched keys.
     """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     raw = read_checkpoint(src)
-    pattern, layout, filter_fn = _family_and_filter(source, raw)
+    pattern, layout, filter_fn = SOURCES[source](raw)
     state_dict = filter_fn(raw)
     fc, stem = state_dict.get("fc.weight"), state_dict.get("conv1.0.weight")
     kwargs: dict[str, object] = {"layout": layout}

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MEGVII_PREPROCESSING", "Preprocessing"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MEGVII_PREPROCESSING",
+    "Preprocessing",
+    "imagenet_classes",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,3 +33,11 @@ class Preprocessing:
 MEGVII_PREPROCESSING = Preprocessing(
     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"
 )
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in label order (bundled with the package)."""
+    from importlib.resources import files
+
+    text = files("shufflenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    return text.splitlines()

@@ -36,7 +36,6 @@ plain BatchNorm-folded graph for it.
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,10 +46,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import cpu
-from ..models.ops import channel_shuffle, shuffle_permutation
-from ..models.v1 import ShuffleNetV1, ShuffleV1Unit
+from ..models.v1 import ShuffleNetV1
 from ..models.v2 import InvertedResidual, ShuffleNetV2
 from .fuse import fuse_bn
+from .static import static_shuffles
 
 __all__ = [
     "EAGER",
@@ -58,7 +57,6 @@ __all__ = [
     "OPENVINO",
     "FastPathOptions",
     "FastShuffleNetV2",
-    "StaticShuffleV1Unit",
     "fast_model",
     "fastpath_support",
     "onnxruntime_layout",
@@ -113,15 +111,36 @@ OPENVINO = FastPathOptions(chunk_align=1, node_cost=0, split=True)
 EAGER = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, node_cost=0, split=True)
 
 
+# The layers the rewrites know how to move channels through.
+_KNOWN_LAYERS = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
+    nn.Identity,
+    nn.Linear,
+)
+
+
 def fastpath_support(model: nn.Module) -> str | None:
     """``None`` if :func:`fast_model` rewrites ``model``, else the reason it does not."""
-    if isinstance(model, ShuffleNetV2):
-        if model.layout != "torchvision":
-            return "megvii-layout V2 units have no shuffle to absorb"
-        return None
-    if isinstance(model, ShuffleNetV1):
-        return None
-    return f"{type(model).__name__} is not a ShuffleNet V1 or V2 model"
+    if not isinstance(model, (ShuffleNetV1, ShuffleNetV2)):
+        return f"{type(model).__name__} is not a ShuffleNet V1 or V2 model"
+    if isinstance(model, ShuffleNetV2) and model.layout != "torchvision":
+        return "megvii-layout V2 units have no shuffle to absorb"
+    other = {
+        type(m).__name__
+        for m in model.modules()
+        if not any(m.children()) and not isinstance(m, _KNOWN_LAYERS)
+    }
+    if other:
+        return f"layers the fast path does not rewrite: {', '.join(sorted(other))}"
+    if any(isinstance(m, InvertedResidual) and len(m.branch2) != 8 for m in model.modules()):
+        return "units with a squeeze-excitation layer"
+    return None
 
 
 def fast_model(model: nn.Module, options: FastPathOptions = ONNXRUNTIME) -> nn.Module:
@@ -135,57 +154,7 @@ def fast_model(model: nn.Module, options: FastPathOptions = ONNXRUNTIME) -> nn.M
         raise ValueError(f"no fast path: {reason}")
     if isinstance(model, ShuffleNetV2):
         return FastShuffleNetV2(model, options)
-    fused = fuse_bn(model)
-    for name, unit in list(fused.named_modules()):
-        if isinstance(unit, ShuffleV1Unit):
-            parent, _, child = name.rpartition(".")
-            setattr(fused.get_submodule(parent), child, StaticShuffleV1Unit(unit))
-    return fused
-
-
-# -- V1 -------------------------------------------------------------------------------------
-class StaticShuffleV1Unit(nn.Module):
-    """A BatchNorm-folded V1 unit whose shuffle runs after the depthwise conv.
-
-    For the paper layout ``dw(shuffle(x)) = shuffle(dw'(x))`` where ``dw'`` gives channel ``p``
-    the weights of the shuffled position of ``p``. The megvii layout already shuffles there.
-    """
-
-    index: Tensor
-
-    def __init__(self, unit: ShuffleV1Unit) -> None:
-        super().__init__()
-        self.stride = unit.stride
-        self.gconv1 = copy.deepcopy(unit.gconv1)
-        self.gconv2 = copy.deepcopy(unit.gconv2)
-        self.shortcut = copy.deepcopy(unit.shortcut)
-        mid = unit.dwconv.in_channels
-        if unit.layout == "paper":
-            self.shuffle_groups = unit.groups
-            # shuffled position of unshuffled channel p: p = j * (mid / g) + k -> k * g + j
-            position = torch.arange(mid).view(unit.groups, -1).t().flatten().argsort()
-        else:
-            self.shuffle_groups = mid // unit.groups
-            position = torch.arange(mid)
-        w, b = _conv_params(unit.dwconv)
-        self.dwconv = _conv(w[position], b[position], unit.stride, groups=mid)
-        index = torch.tensor(shuffle_permutation(mid, self.shuffle_groups))
-        self.register_buffer("index", index, persistent=False)
-
-    def _shuffle(self, x: Tensor) -> Tensor:
-        """The shuffle: one Gather with a constant index in ONNX (measured faster in ONNX
-        Runtime than Reshape/Transpose/Reshape), layout-preserving in PyTorch."""
-        if torch.onnx.is_in_onnx_export():
-            return x.index_select(1, self.index)
-        return channel_shuffle(x, self.shuffle_groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.dwconv(F.relu(self.gconv1(x)))
-        if self.shuffle_groups > 1:
-            out = self._shuffle(out)
-        out = self.gconv2(out)
-        out = out + x if self.stride == 1 else torch.cat((self.shortcut(x), out), 1)
-        return F.relu(out)
+    return static_shuffles(fuse_bn(model))  # V1: the shuffle moved after the depthwise conv
 
 
 # -- V2: the channel bookkeeping ----------------------------------------------------------------

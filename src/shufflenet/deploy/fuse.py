@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fuse_bn", "set_submodule"]
+__all__ = ["fold_bn", "fuse_bn", "set_submodule"]
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
@@ -42,7 +42,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold ``bn`` (eval statistics) into ``conv`` in place, computing in float64."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
@@ -74,6 +74,6 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     for conv_name, bn_name in _conv_bn_pairs(fused):
         conv, bn = fused.get_submodule(conv_name), fused.get_submodule(bn_name)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-        _fold(conv, bn)
+        fold_bn(conv, bn)
         set_submodule(fused, bn_name, nn.Identity())
     return fused

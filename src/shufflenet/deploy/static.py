@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.ops import shuffle_permutation
+from ..models.ops import channel_shuffle, shuffle_permutation
 from ..models.v1 import ShuffleV1Unit
 from ..models.v2 import InvertedResidual, MegviiInvertedResidual
-from .fuse import set_submodule
+from .fuse import fold_bn, set_submodule
 
-__all__ = ["STATIC_UNITS", "static_shuffles"]
+__all__ = ["STATIC_UNITS", "StaticV1Unit", "static_shuffles"]
 
 Size = tuple[int, int] | None  # a spatial size (height, width), or None: any
 
@@ -27,11 +27,12 @@ Size = tuple[int, int] | None  # a spatial size (height, width), or None: any
 class _Shuffle(nn.Module):
     """A channel shuffle written with constants only.
 
-    Without ``size`` it is a gather by a constant index, which works at any input size. With
-    ``size`` (the spatial size this point of the network sees) it is the paper's reshape ->
-    transpose -> reshape with constant shapes and a free batch axis: exported to ONNX, the
-    Reshape/Transpose form is the one every runtime recognises, while OpenVINO 2026.4 was seen
-    to miscompute a constant Gather that feeds a depthwise conv feeding a 1x1 conv.
+    With ``size`` (the spatial size this point of the network sees) it is the paper's reshape ->
+    transpose -> reshape with constant shapes and a free batch axis: exported to ONNX, the form
+    every runtime recognises (OpenVINO 2026.4 was seen to miscompute a constant Gather feeding
+    a depthwise conv feeding a 1x1 conv). Without ``size`` it takes any input size: a gather by a
+    constant index in an ONNX export (one op), :func:`channel_shuffle` otherwise (it keeps the
+    channels_last memory format).
     """
 
     index: Tensor
@@ -42,33 +43,48 @@ class _Shuffle(nn.Module):
         self.register_buffer("index", torch.tensor(shuffle_permutation(channels, groups)), False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.size is None:
+        if self.size is not None:
+            c, g, (h, w) = self.channels, self.groups, self.size
+            return x.reshape(-1, g, c // g, h, w).transpose(1, 2).reshape(-1, c, h, w)
+        if torch.onnx.is_in_onnx_export():
             return x.index_select(1, self.index)
-        c, g, (h, w) = self.channels, self.groups, self.size
-        return x.reshape(-1, g, c // g, h, w).transpose(1, 2).reshape(-1, c, h, w)
+        return channel_shuffle(x, self.groups)
 
 
-class _StaticV1Unit(nn.Module):
-    """A V1 unit whose shuffle is a :class:`_Shuffle` (either layout)."""
+class StaticV1Unit(nn.Module):
+    """A V1 unit with its BatchNorms folded and its shuffle after the depthwise conv.
 
-    def __init__(self, unit: ShuffleV1Unit, size: Size) -> None:
+    In the paper layout ``dw(shuffle(x)) = shuffle(dw'(x))``, where ``dw'`` gives channel ``p``
+    the weights of the shuffled position of ``p``; the Megvii layout shuffles there already. The
+    shuffle then feeds a group conv, never a depthwise one (see :class:`_Shuffle`).
+    """
+
+    def __init__(self, unit: ShuffleV1Unit, size: Size = None) -> None:
         super().__init__()
-        self.unit = unit
-        mid = unit.dwconv.in_channels
-        groups = unit.groups if unit.layout == "paper" else mid // unit.groups
-        self.shuffle = _Shuffle(mid, groups, size)
+        u = copy.deepcopy(unit)
+        for conv, bn in ((u.gconv1, u.bn1), (u.dwconv, u.bn2), (u.gconv2, u.bn3)):
+            if isinstance(bn, nn.BatchNorm2d):  # not yet folded by fuse_bn
+                fold_bn(conv, bn)
+        self.stride = u.stride
+        self.gconv1, self.act1, self.gconv2 = u.gconv1, u.relu1, u.gconv2
+        self.shortcut, self.act_out = u.shortcut, u.relu_out
+        mid = u.dwconv.in_channels
+        groups = u.groups if u.layout == "paper" else mid // u.groups
+        self.dwconv = u.dwconv
+        if u.layout == "paper":
+            # shuffled position of unshuffled channel p: p = j * (mid / g) + k -> k * g + j
+            position = torch.arange(mid).view(groups, -1).t().flatten().argsort()
+            with torch.no_grad():
+                self.dwconv.weight.copy_(self.dwconv.weight[position])
+                if self.dwconv.bias is not None:
+                    self.dwconv.bias.copy_(self.dwconv.bias[position])
+        self.shuffle = _Shuffle(mid, groups, size) if groups > 1 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        u = self.unit
-        out = u.relu1(u.bn1(u.gconv1(x)))
-        if u.layout == "paper":
-            out = self.shuffle(out)
-        out = u.bn2(u.dwconv(out))
-        if u.layout == "megvii":
-            out = self.shuffle(out)
-        out = u.bn3(u.gconv2(out))
-        out = out + x if u.stride == 1 else torch.cat((u.shortcut(x), out), 1)
-        return u.relu_out(out)
+        out = self.shuffle(self.dwconv(self.act1(self.gconv1(x))))
+        out = self.gconv2(out)
+        out = out + x if self.stride == 1 else torch.cat((self.shortcut(x), out), 1)
+        return self.act_out(out)
 
 
 class _StaticV2Unit(nn.Module):
@@ -105,8 +121,7 @@ class _StaticMegviiV2Unit(nn.Module):
 # unit type -> its static form, given the unit and the spatial sizes of its input and output
 # (``None`` when no input size is fixed); a form may return ``None``: nothing to replace.
 STATIC_UNITS: dict[type[nn.Module], Callable[[Any, Size, Size], nn.Module | None]] = {
-    # V1's paper layout shuffles before the depthwise conv (input size), Megvii's after it
-    ShuffleV1Unit: lambda u, i, o: _StaticV1Unit(u, i if u.layout == "paper" else o),
+    ShuffleV1Unit: lambda u, i, o: StaticV1Unit(u, o),  # shuffles after the depthwise conv
     InvertedResidual: lambda u, i, o: _StaticV2Unit(u, o),
     MegviiInvertedResidual: lambda u, i, o: _StaticMegviiV2Unit(u) if u.stride == 1 else None,
 }

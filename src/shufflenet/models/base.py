@@ -1,13 +1,26 @@
-"""What every ShuffleNet network shares: stem, stages, head, feature access and weight init."""
+"""What every ShuffleNet network shares: blocks, stem, stages, head, feature access, weight init.
+
+Blocks take their parts: ``norm_layer`` (a class such as ``nn.BatchNorm2d``, called with the
+channel count) and ``act_layer`` (a class such as ``nn.ReLU`` or ``nn.Hardswish``, called with
+``inplace=True``), so a family with other layers is a new module, not edits here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvBNReLU", "ShuffleNetBase", "check_positive"]
+__all__ = ["ConvNormAct", "LayerFactory", "ShuffleNetBase", "check_positive", "make_act"]
+
+LayerFactory = Callable[..., nn.Module]
+
+
+def make_act(act_layer: LayerFactory) -> nn.Module:
+    """An activation module computing in place (``nn.ReLU``, ``nn.Hardswish``, ...)."""
+    return act_layer(inplace=True)
 
 
 def check_positive(**values: int) -> None:
@@ -17,8 +30,8 @@ def check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class ConvBNReLU(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> optional ReLU; keys ``0.*``, ``1.*`` like torchvision."""
+class ConvNormAct(nn.Sequential):
+    """Conv2d (no bias) -> norm -> optional activation; keys ``0.*``, ``1.*`` like torchvision."""
 
     def __init__(
         self,
@@ -27,7 +40,8 @@ class ConvBNReLU(nn.Sequential):
         kernel_size: int = 1,
         stride: int = 1,
         groups: int = 1,
-        relu: bool = True,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
     ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(
@@ -39,10 +53,10 @@ class ConvBNReLU(nn.Sequential):
                 groups=groups,
                 bias=False,
             ),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(out_channels),
         ]
-        if relu:
-            layers.append(nn.ReLU(inplace=True))
+        if act_layer is not None:
+            layers.append(make_act(act_layer))
         super().__init__(*layers)
 
 
@@ -61,7 +75,9 @@ class ShuffleNetBase(nn.Module):
     stage3: nn.Sequential
     stage4: nn.Sequential
 
-    def __init__(self, in_chans: int, num_classes: int, drop_rate: float) -> None:
+    def __init__(
+        self, in_chans: int, num_classes: int, drop_rate: float, classifier_bias: bool = True
+    ) -> None:
         super().__init__()
         check_positive(in_chans=in_chans)
         if not isinstance(num_classes, int) or num_classes < 0:
@@ -73,6 +89,7 @@ class ShuffleNetBase(nn.Module):
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.classifier_bias = classifier_bias  # False in Megvii's releases
         self.feature_info: list[dict[str, int | str]] = []
         self.num_features = 0
         # How to rebuild this model: set by ``create_model``, recorded by ``shufflenet.save``.
@@ -88,7 +105,9 @@ class ShuffleNetBase(nn.Module):
         self.fc: nn.Module = self._make_classifier(self.num_classes)
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes == 0:
+            return nn.Identity()
+        return nn.Linear(self.num_features, num_classes, bias=self.classifier_bias)
 
     def _set_feature_info(self, channels: list[int]) -> None:
         modules = ["maxpool", "stage2", "stage3", "stage4"]

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .base import ConvBNReLU, ShuffleNetBase, check_positive
+from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
 from .ops import channel_shuffle
 from .registry import ModelInfo, register_model
 
@@ -75,6 +75,7 @@ class ShuffleV1Unit(nn.Module):
         stride: 1 (add the identity) or 2 (concat an average-pooled shortcut).
         group_first_conv: ``False`` for the first unit of Stage 2, whose input is too narrow.
         layout: ``"paper"`` or ``"megvii"`` (see ``V1_LAYOUTS``).
+        norm_layer, act_layer: the unit's normalisation and activation (see :mod:`.base`).
     """
 
     def __init__(
@@ -85,6 +86,8 @@ class ShuffleV1Unit(nn.Module):
         stride: int,
         group_first_conv: bool = True,
         layout: str = "paper",
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
     ) -> None:
         super().__init__()
         check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
@@ -112,13 +115,13 @@ class ShuffleV1Unit(nn.Module):
         self.stride = stride
         self.layout = layout
         self.gconv1 = nn.Conv2d(in_channels, mid, 1, groups=first_groups, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
+        self.bn1 = norm_layer(mid)
         self.dwconv = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid)
+        self.bn2 = norm_layer(mid)
         self.gconv2 = nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False)
-        self.bn3 = nn.BatchNorm2d(branch_out)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.relu_out = nn.ReLU(inplace=True)
+        self.bn3 = norm_layer(branch_out)
+        self.relu1 = make_act(act_layer)
+        self.relu_out = make_act(act_layer)
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -145,6 +148,7 @@ class ShuffleNetV1(ShuffleNetBase):
         in_chans: input channels.
         drop_rate: dropout before the classifier.
         layout: ``"paper"`` or ``"megvii"`` (official unit, bias-free classifier).
+        norm_layer, act_layer: normalisation and activation of every block (see :mod:`.base`).
     """
 
     def __init__(
@@ -155,18 +159,26 @@ class ShuffleNetV1(ShuffleNetBase):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         layout: str = "paper",
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
     ) -> None:
-        super().__init__(in_chans, num_classes, drop_rate)
         _check_layout(layout)
+        super().__init__(in_chans, num_classes, drop_rate, classifier_bias=layout != "megvii")
         stem, *stage_widths = v1_widths(groups, width_mult)
         self.groups = groups
         self.width_mult = width_mult
         self.layout = layout
-        self.conv1 = ConvBNReLU(in_chans, stem, 3, stride=2)
+        self.conv1 = ConvNormAct(in_chans, stem, 3, 2, norm_layer=norm_layer, act_layer=act_layer)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = stem
         for i, (repeats, width) in enumerate(zip(V1_REPEATS, stage_widths, strict=True)):
-            unit = partial(ShuffleV1Unit, groups=groups, layout=layout)
+            unit = partial(
+                ShuffleV1Unit,
+                groups=groups,
+                layout=layout,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+            )
             units = [unit(in_channels, width, stride=2, group_first_conv=i > 0)]
             units += [unit(width, width, stride=1) for _ in range(repeats - 1)]
             setattr(self, f"stage{i + 2}", nn.Sequential(*units))
@@ -174,11 +186,6 @@ class ShuffleNetV1(ShuffleNetBase):
         self._set_feature_info([stem, *stage_widths])
         self._build_head(in_channels)
         self.init_weights()
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        if self.layout == "megvii" and num_classes > 0:
-            return nn.Linear(self.num_features, num_classes, bias=False)
-        return super()._make_classifier(num_classes)
 
 
 def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> ShuffleNetV1:

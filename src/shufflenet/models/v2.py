@@ -12,12 +12,13 @@ structure (see :class:`MegviiInvertedResidual`) and whose classifier has no bias
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from ..preprocessing import Preprocessing
-from .base import ConvBNReLU, ShuffleNetBase, check_positive
+from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
 from .ops import channel_shuffle, channel_split, concat_shuffle
 from .registry import ModelInfo, register_model
 
@@ -50,29 +51,43 @@ def _depthwise(channels: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
 
 
-def _projection_branch(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def _projection_branch(
+    in_channels: int, out_channels: int, stride: int, norm: LayerFactory, act: LayerFactory
+) -> nn.Sequential:
     """3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU: a stride-2 unit's left branch."""
     return nn.Sequential(
         _depthwise(in_channels, stride),
-        nn.BatchNorm2d(in_channels),
+        norm(in_channels),
         nn.Conv2d(in_channels, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        norm(out_channels),
+        make_act(act),
     )
 
 
-def _main_branch(in_channels: int, mid: int, out_channels: int, stride: int) -> nn.Sequential:
-    """1x1 conv -> BN -> ReLU -> 3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU."""
-    return nn.Sequential(
+def _main_branch(
+    in_channels: int,
+    mid: int,
+    out_channels: int,
+    stride: int,
+    norm: LayerFactory,
+    act: LayerFactory,
+    se: LayerFactory | None,
+) -> nn.Sequential:
+    """1x1 conv -> BN -> ReLU -> 3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU, then
+    ``se(out_channels)`` (squeeze-excitation) when given."""
+    layers = [
         nn.Conv2d(in_channels, mid, 1, bias=False),
-        nn.BatchNorm2d(mid),
-        nn.ReLU(inplace=True),
+        norm(mid),
+        make_act(act),
         _depthwise(mid, stride),
-        nn.BatchNorm2d(mid),
+        norm(mid),
         nn.Conv2d(mid, out_channels, 1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+        norm(out_channels),
+        make_act(act),
+    ]
+    if se is not None:
+        layers.append(se(out_channels))
+    return nn.Sequential(*layers)
 
 
 def _check_unit(in_channels: int, out_channels: int, stride: int) -> None:
@@ -87,16 +102,29 @@ def _check_unit(in_channels: int, out_channels: int, stride: int) -> None:
 
 
 class InvertedResidual(nn.Module):
-    """The V2 unit (Fig. 3 c/d): split or not, branch(es), concat, shuffle with 2 groups."""
+    """The V2 unit (Fig. 3 c/d): split or not, branch(es), concat, shuffle with 2 groups.
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    ``norm_layer`` and ``act_layer`` are the branches' layers (see :mod:`.base`); ``se_layer``,
+    called with the branch width, ends the main branch (none in the paper's unit).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
+        se_layer: LayerFactory | None = None,
+    ) -> None:
         super().__init__()
         _check_unit(in_channels, out_channels, stride)
         self.stride = stride
         half = out_channels // 2
         if stride == 2:
-            self.branch1 = _projection_branch(in_channels, half, stride)
-        self.branch2 = _main_branch(in_channels if stride == 2 else half, half, half, stride)
+            self.branch1 = _projection_branch(in_channels, half, stride, norm_layer, act_layer)
+        branch_in = in_channels if stride == 2 else half
+        self.branch2 = _main_branch(branch_in, half, half, stride, norm_layer, act_layer, se_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -112,21 +140,31 @@ class MegviiInvertedResidual(nn.Module):
     (the same as a shuffle with ``C/2`` groups followed by halves); the halves are concatenated
     and not shuffled. Stride 2 is asymmetric: ``branch1`` (depthwise, 1x1) keeps
     ``in_channels`` and ``branch2`` (1x1 to ``out_channels // 2``, depthwise, 1x1) makes
-    ``out_channels - in_channels``; no shuffle either.
+    ``out_channels - in_channels``; no shuffle either. Layers as in :class:`InvertedResidual`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
+        se_layer: LayerFactory | None = None,
+    ) -> None:
         super().__init__()
         _check_unit(in_channels, out_channels, stride)
         if stride == 2 and out_channels <= in_channels:
             raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
         self.stride = stride
         mid = out_channels // 2
+        parts = (norm_layer, act_layer)
         if stride == 2:
-            self.branch1 = _projection_branch(in_channels, in_channels, stride)
-            self.branch2 = _main_branch(in_channels, mid, out_channels - in_channels, stride)
+            self.branch1 = _projection_branch(in_channels, in_channels, stride, *parts)
+            branch_out = out_channels - in_channels
+            self.branch2 = _main_branch(in_channels, mid, branch_out, stride, *parts, se_layer)
         else:
-            self.branch2 = _main_branch(mid, mid, mid, stride)
+            self.branch2 = _main_branch(mid, mid, mid, stride, *parts, se_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -145,6 +183,7 @@ class ShuffleNetV2(ShuffleNetBase):
         in_chans: input channels.
         drop_rate: dropout before the classifier.
         layout: ``"torchvision"`` or ``"megvii"`` (see ``V2_LAYOUTS``).
+        norm_layer, act_layer, se_layer: the blocks' layers (see :class:`InvertedResidual`).
     """
 
     def __init__(
@@ -155,12 +194,15 @@ class ShuffleNetV2(ShuffleNetBase):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         layout: str = "torchvision",
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
+        se_layer: LayerFactory | None = None,
     ) -> None:
-        super().__init__(in_chans, num_classes, drop_rate)
         if layout not in V2_LAYOUTS:
             raise ValueError(f"layout must be one of {V2_LAYOUTS}, got {layout!r}")
+        super().__init__(in_chans, num_classes, drop_rate, classifier_bias=layout != "megvii")
         self.layout = layout
-        unit = InvertedResidual if layout == "torchvision" else MegviiInvertedResidual
+        unit_type = InvertedResidual if layout == "torchvision" else MegviiInvertedResidual
         if len(stages_repeats) != 3:
             raise ValueError(f"stages_repeats needs 3 values, got {list(stages_repeats)}")
         if len(stages_out_channels) != 5:
@@ -171,7 +213,9 @@ class ShuffleNetV2(ShuffleNetBase):
         )
         stem, *stage_widths, last = stages_out_channels
 
-        self.conv1 = ConvBNReLU(in_chans, stem, 3, stride=2)
+        unit = partial(unit_type, norm_layer=norm_layer, act_layer=act_layer, se_layer=se_layer)
+        conv = partial(ConvNormAct, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv1 = conv(in_chans, stem, 3, 2)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         in_channels = stem
         for i, (repeats, width) in enumerate(zip(stages_repeats, stage_widths, strict=True)):
@@ -179,18 +223,13 @@ class ShuffleNetV2(ShuffleNetBase):
             units += [unit(width, width, 1) for _ in range(repeats - 1)]
             setattr(self, f"stage{i + 2}", nn.Sequential(*units))
             in_channels = width
-        self.conv5 = ConvBNReLU(in_channels, last, 1)
+        self.conv5 = conv(in_channels, last, 1)
         self._set_feature_info([stem, *stage_widths])
         self._build_head(last)
         self.init_weights()
 
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv5(x)
-
-    def _make_classifier(self, num_classes: int) -> nn.Module:
-        if self.layout == "megvii" and num_classes > 0:
-            return nn.Linear(self.num_features, num_classes, bias=False)
-        return super()._make_classifier(num_classes)
 
 
 def _v2(width: str, **kwargs) -> ShuffleNetV2:
