@@ -7,7 +7,7 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
 * ``ort``: our shufflenet_v2_x1_0 export (shuffle-free graph) vs torchvision's model exported
   with the legacy and the dynamo exporter (dynamic batch axis; the faster is the baseline), in
   ONNX Runtime with all graph optimisations, batch 1 and 32. ONNX Runtime sessions are timed in
-  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.speed.bench``):
+  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.speed.ort_worker``):
   with a pool per session, the idle pools spin and slow whichever session runs next.
 * ``v1``: the same for shufflenet_v1_g3_x1_0 against a straightforward export of our own model.
 * ``layouts``: our V2 1x export padded to ONNX Runtime's AVX-512 and AVX2 NCHWc channel blocks
@@ -47,13 +47,11 @@ import shufflenet
 from shufflenet.deploy import optimize
 from shufflenet.deploy.fastpath import EAGER, ONNXRUNTIME, OPENVINO, fast_model, onnxruntime_layout
 from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_inputs
-from shufflenet.runtimes import openvino_core
-from shufflenet.speed.bench import (
-    Timing,
-    export_onnx,
-    machine_info,
-    measure_onnxruntime_cpu,
-)
+from shufflenet.export.onnx import to_onnx
+from shufflenet.runtimes import openvino_core, ort_session
+from shufflenet.speed.bench import machine_info
+from shufflenet.speed.ort_worker import measure_onnxruntime_cpu
+from shufflenet.timer import Timing
 
 THREADS = 2
 TOLERANCE = 1e-4
@@ -96,7 +94,7 @@ def export_plain(model: torch.nn.Module, path: Path, dynamo: bool = False) -> Pa
             )
             program.save(str(path))
         else:
-            export_onnx(model, path, x)
+            path.write_bytes(to_onnx(model, x))
     return path
 
 
@@ -140,18 +138,8 @@ def ratio(base: list[float], ours: list[float]) -> dict[str, float]:
     }
 
 
-def ort_session(path: Path, threads: int = THREADS) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _ort_runner(path: Path, x: np.ndarray) -> tuple[Callable[[], object], np.ndarray]:
-    session = ort_session(path)
+    session = ort_session(path, THREADS)
     feed = {session.get_inputs()[0].name: x}
     return (lambda: session.run(None, feed)), session.run(None, feed)[0]
 
@@ -160,8 +148,8 @@ def ort_interleaved(
     files: dict[str, Path], x: np.ndarray, rounds: int, seconds: float = 0.4
 ) -> dict[str, list[float]]:
     """Per-round median latency (ms) of each file in ONNX Runtime, interleaved in one process
-    whose sessions share one pool of THREADS threads (``shufflenet.speed.bench``)."""
-    probe = ort_session(next(iter(files.values())))
+    whose sessions share one pool of THREADS threads (``shufflenet.speed.ort_worker``)."""
+    probe = ort_session(next(iter(files.values())), THREADS)
     feed = {probe.get_inputs()[0].name: x}
     probe.run(None, feed)
     t0 = time.perf_counter()
@@ -333,10 +321,10 @@ def section_int8(workdir: Path, rounds: int) -> dict[str, Any]:
         ),
     }
     images = sample_inputs(64, 3, preprocessing, seed=2).numpy()
-    ref = ort_session(fp32).run(None, {"input": images})[0]
+    ref = ort_session(fp32, THREADS).run(None, {"input": images})[0]
     result: dict[str, Any] = {"batch": 1, "images": len(images)}
     for name, path in int8.items():
-        got = ort_session(path).run(None, {"input": images})[0]
+        got = ort_session(path, THREADS).run(None, {"input": images})[0]
         cosine = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
         result[name] = {
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),

@@ -10,22 +10,21 @@ from torch import nn
 import shufflenet
 from shufflenet.cli import main
 from shufflenet.complexity import profile
+from shufflenet.export.onnx import to_onnx
 from shufflenet.speed.baselines import BASELINES, build_model, expand_model_names, model_card
-from shufflenet.speed.bench import (
-    BenchConfig,
-    Timing,
-    WrongOutputs,
-    available_engines,
-    export_onnx,
-    make_engine,
-    measure,
-    measure_onnxruntime_cpu,
-    run_bench,
-    time_engine,
-)
+from shufflenet.speed.bench import BenchConfig, run_bench
+from shufflenet.speed.checks import WrongOutputs
+from shufflenet.speed.engines import OnnxEngine, available_engines, make_engine, time_engine
+from shufflenet.speed.ort_worker import measure_onnxruntime_cpu
 from shufflenet.speed.timing import plot_timing, time_layers
+from shufflenet.timer import Timing, measure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def export_onnx(model, path, example):
+    path.write_bytes(to_onnx(model, example))
+    return path
 
 
 def test_timing_statistics():
@@ -111,7 +110,7 @@ def test_onnxruntime_timing_process_shares_one_pool(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "engine", [e for e in ("eager", "onnxruntime") if e in available_engines()]
+    "engine", [e for e in ("eager", "onnxruntime", "optimized_jit") if e in available_engines()]
 )
 def test_time_engine_gives_one_result_per_job(engine):
     models = {k: nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval() for k in ("p", "q")}
@@ -126,16 +125,14 @@ def test_time_engine_gives_one_result_per_job(engine):
     "engine", [e for e in ("onnxruntime", "openvino") if e in available_engines()]
 )
 def test_an_engine_that_computes_wrong_is_refused_before_timing(engine, monkeypatch):
-    import shufflenet.speed.bench as bench
-
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()  # other weights
-    real = bench._onnx_file
-    monkeypatch.setattr(bench, "_onnx_file", lambda m, *args: real(other, *args))
+    real = OnnxEngine.export
+    monkeypatch.setattr(OnnxEngine, "export", lambda self, m, *args: real(self, other, *args))
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(WrongOutputs, match=f"{engine} computes p wrong, not timing it"):
         time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
-    monkeypatch.setattr(bench, "_onnx_file", real)
+    monkeypatch.setattr(OnnxEngine, "export", real)
     (result,) = time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
     assert len(result["p"].samples_ms) == 2
 

@@ -16,7 +16,6 @@ from shufflenet.cli import main
 from shufflenet.deploy import fuse_bn, static_shuffles
 from shufflenet.deploy.fastpath import ONNXRUNTIME
 from shufflenet.export import (
-    _uniform_weight_zero_points,
     default_int8_weights,
     export_model,
     model_metadata,
@@ -24,6 +23,7 @@ from shufflenet.export import (
     read_onnx_metadata,
     sample_inputs,
 )
+from shufflenet.export.int8 import _uniform_weight_zero_points
 from shufflenet.verification import compare_outputs
 
 PARITY = [
@@ -121,9 +121,12 @@ def test_openvino_check_catches_the_gather_pattern_that_onnxruntime_runs_right(
     """The regression pin: the plain V2 graph as it was (a gather shuffle at every unit's end)
     passes in ONNX Runtime and fails in OpenVINO. If OpenVINO ever computes it right, this test
     fails: the workaround in ``deploy.static_shuffles`` and the README's note can then go."""
-    import shufflenet.export as export
+    import shufflenet.export.onnx as onnx_export
 
-    monkeypatch.setattr(export, "_graph_form", lambda m, size=None: static_shuffles(fuse_bn(m)))
+    def gathers(model, input_size=None):  # the shuffles as constant-index gathers
+        return static_shuffles(fuse_bn(model))
+
+    monkeypatch.setattr(onnx_export, "plain_graph", gathers)
     model = _model("shufflenet_v2_x0_5")
     result = export_model(model, tmp_path / "gather.onnx", input_size=(64, 64), fastpath=None)
     assert _openvino_traps(onnx.load(str(tmp_path / "gather.onnx")))  # stages 3 and 4
@@ -211,14 +214,14 @@ def test_ncnn_export_runs_in_ncnn(tmp_path):
 
 
 def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys, monkeypatch):
-    import shufflenet.export as export
+    import shufflenet.export.onnx as onnx_export
 
     def broken(model, input_size=None):  # a graph that drops the even/odd split
         graph = static_shuffles(fuse_bn(model), input_size)
         graph.stage2[1].forward = lambda x: torch.cat(x.chunk(2, 1)[::-1], 1)
         return graph
 
-    monkeypatch.setattr(export, "_graph_form", broken)
+    monkeypatch.setattr(onnx_export, "plain_graph", broken)
     out = tmp_path / "bad.onnx"
     argv = ["export", "--model", "shufflenet_v2_x0_5", "--layout", "megvii", "--out", str(out)]
     assert main([*argv, "--input-size", "64"]) == 1
@@ -265,13 +268,26 @@ def _digits_model(steps=300, size=32):
     return model.eval(), pre
 
 
-def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys):
+def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys, monkeypatch):
+    import shufflenet.export.onnx as onnx_export
+
     model, pre = _digits_model()
     weights = shufflenet.save(model, tmp_path / "d.safetensors", preprocessing=pre,
                               class_names=data.DIGITS_CLASSES)  # fmt: skip
     out = tmp_path / "d.onnx"
+    graphs = []
+    to_onnx = onnx_export.to_onnx
+
+    def counted(*args, **kwargs):
+        graphs.append(args[0])
+        return to_onnx(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "to_onnx", counted)
     argv = ["export", "--weights", str(weights), "--out", str(out), "--int8", "--calib", "digits"]
     assert main([*argv, "--json"]) == 0
+    # One export per graph: the shuffle-free fp32 file, and the plain graph that int8 quantizes
+    # and measures its layer errors on.
+    assert len(graphs) == 2
     report = json.loads(capsys.readouterr().out)
     int8 = report["int8"]
     assert report["verification"]["passed"]

@@ -12,8 +12,8 @@ import shufflenet
 from shufflenet import data
 from shufflenet.cli import main
 from shufflenet.export import export_onnx
-from shufflenet.predict import Predictor, class_names_of, imagenet_classes, predict
-from shufflenet.preprocessing import MEGVII_PREPROCESSING
+from shufflenet.predict import Predictor, class_names_of, predict
+from shufflenet.preprocessing import MEGVII_PREPROCESSING, imagenet_classes
 
 NAMES = ["cat", "dog", "eel"]
 
@@ -77,8 +77,16 @@ def test_engines_and_onnx_files_agree(weights, images, tmp_path):
         for a, b in zip(runs[0], other, strict=True):
             assert [t[1] for t in a.top] == [t[1] for t in b.top]
             assert np.allclose([t[2] for t in a.top], [t[2] for t in b.top], atol=1e-5)
-    with pytest.raises(ValueError, match="--engine onnxruntime"):
+    with pytest.raises(ValueError, match="engine='onnxruntime'"):
         Predictor(onnx_file, engine="torch")
+
+
+def test_cli_predict_names_the_engine_flag(weights, images, tmp_path, capsys):
+    onnx_file = export_onnx(shufflenet.load(weights), tmp_path / "w.onnx")
+    argv = ["predict", "--weights", str(onnx_file), "--engine", "torch", str(images / "a.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "predict it with --engine onnxruntime" in err
 
 
 def test_megvii_preprocessing_feeds_bgr_0_255(weights):

@@ -12,8 +12,9 @@ weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded gives
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .preprocessing import imagenet_classes
+
 __all__ = [
     "ENGINES",
+    "Engine",
+    "Logits",
     "Prediction",
     "Predictor",
     "class_names_of",
     "find_images",
-    "imagenet_classes",
     "predict",
 ]
-
-ENGINES = ("torch", "onnxruntime")
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names in label order (bundled)."""
-    from importlib.resources import files
-
-    text = files("shufflenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
-    return text.splitlines()
 
 
 def class_names_of(metadata: dict[str, Any]) -> list[str]:
@@ -68,11 +62,67 @@ class Prediction:
         return {"path": self.path, "top": top, "error": self.error}
 
 
+Logits = Callable[[Tensor], np.ndarray]  # a preprocessed (N, C, H, W) batch -> raw outputs
+Engine = Callable[[Path], tuple[dict[str, Any], Logits]]  # a weights file -> (metadata, logits)
+
+
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+def _torch_engine(path: Path) -> tuple[dict[str, Any], Logits]:
+    """Our safetensors weights in PyTorch."""
+    from .weights import load
+
+    if _is_onnx(path):
+        raise ValueError(f"{path} is an ONNX file: predict it with engine='onnxruntime'")
+    model = load(path)
+
+    def logits(batch: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model(batch).numpy()
+
+    return model.weights_metadata, logits
+
+
+def _onnxruntime_engine(path: Path) -> tuple[dict[str, Any], Logits]:
+    """An ONNX file, or our weights through an in-memory export, in ONNX Runtime."""
+    from .export import onnx_bytes, read_onnx_metadata
+    from .runtimes import ort_session
+
+    if _is_onnx(path):
+        return read_onnx_metadata(path), functools.partial(_run_session, ort_session(path))
+    from .weights import load
+
+    model = load(path)
+    session = ort_session(onnx_bytes(model))
+    return model.weights_metadata, functools.partial(_run_session, session)
+
+
+def _run_session(session: Any, batch: Tensor) -> np.ndarray:
+    """``batch`` through an ONNX Runtime session; a fixed batch axis runs it in chunks of its
+    size, the last one zero-padded."""
+    inputs = session.get_inputs()[0]
+    fixed = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
+    if fixed is None:
+        return session.run(None, {inputs.name: batch.numpy()})[0]
+    outs = []
+    for start in range(0, len(batch), fixed):
+        chunk = batch[start : start + fixed]
+        padded = torch.cat([chunk, chunk.new_zeros(fixed - len(chunk), *chunk.shape[1:])])
+        outs.append(session.run(None, {inputs.name: padded.numpy()})[0][: len(chunk)])
+    return np.concatenate(outs)
+
+
+# Engine name -> how it opens a weights file; ``predict --engine`` offers these.
+ENGINES: dict[str, Engine] = {"torch": _torch_engine, "onnxruntime": _onnxruntime_engine}
+
+
 class Predictor:
     """A weights file ready to classify images with ``engine`` (default: the file's own).
 
     ``.onnx`` files run in ONNX Runtime; our safetensors files in PyTorch, or in ONNX Runtime
-    through an in-memory export.
+    through an in-memory export (see :data:`ENGINES`).
     """
 
     def __init__(self, weights: str | os.PathLike[str], engine: str | None = None) -> None:
@@ -81,31 +131,11 @@ class Predictor:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"no such weights file: {path}")
-        is_onnx = path.suffix.lower() == ".onnx"
-        engine = engine or ("onnxruntime" if is_onnx else "torch")
+        engine = engine or ("onnxruntime" if _is_onnx(path) else "torch")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        if is_onnx and engine == "torch":
-            raise ValueError(f"{path} is an ONNX file: predict it with --engine onnxruntime")
         self.engine = engine
-        self._model: torch.nn.Module | None = None
-        self._session: Any = None
-        if is_onnx:
-            from .export import ort_session, read_onnx_metadata
-
-            self.metadata = read_onnx_metadata(path)
-            self._session = ort_session(path)
-        else:
-            from .weights import load
-
-            model = load(path)
-            self.metadata = model.weights_metadata
-            if engine == "torch":
-                self._model = model
-            else:
-                from .export import onnx_bytes, ort_session
-
-                self._session = ort_session(onnx_bytes(model))
+        self.metadata, self._logits = ENGINES[engine](path)
         if int(self.metadata.get("num_classes", 0)) < 1:
             raise ValueError(f"{path} has no classifier (num_classes 0): nothing to predict")
         self.class_names = class_names_of(self.metadata)
@@ -113,19 +143,7 @@ class Predictor:
 
     def logits(self, batch: Tensor) -> np.ndarray:
         """Raw outputs for a preprocessed (N, C, H, W) batch."""
-        if self._model is not None:
-            with torch.inference_mode():
-                return self._model(batch).numpy()
-        inputs = self._session.get_inputs()[0]
-        fixed = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
-        if fixed is None:
-            return self._session.run(None, {inputs.name: batch.numpy()})[0]
-        outs = []  # a fixed batch axis: run in chunks of its size, the last one zero-padded
-        for start in range(0, len(batch), fixed):
-            chunk = batch[start : start + fixed]
-            padded = torch.cat([chunk, chunk.new_zeros(fixed - len(chunk), *chunk.shape[1:])])
-            outs.append(self._session.run(None, {inputs.name: padded.numpy()})[0][: len(chunk)])
-        return np.concatenate(outs)
+        return self._logits(batch)
 
     def load_image(self, path: Path) -> Tensor:
         """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable."""

@@ -4,50 +4,34 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
+from ..convert import SOURCES
+from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model
+from ..predict import ENGINES
 from .common import input_size_arg, mb, print_json
 
 __all__ = ["add_parsers"]
 
 
-def _print_int8(report: Any, calib: str) -> None:
+def _print_int8(int8: dict[str, Any]) -> None:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}%"
 
+    print(f"wrote {int8['path']} ({mb(int8['int8_bytes'])}; weights {int8['weights']})")
     print(
-        f"int8 vs fp32 on {report.images} {calib} images: top-1 agreement "
-        f"{pct(report.agreement)} (top-1 fp32 {pct(report.fp32_top1)}, int8 "
-        f"{pct(report.int8_top1)}); size {mb(report.fp32_bytes)} -> {mb(report.int8_bytes)}; "
-        f"latency (batch 1, {report.threads} thread) {report.fp32_ms:.2f} -> "
-        f"{report.int8_ms:.2f} ms"
+        f"int8 vs fp32 on {int8['images']} {int8['calib']} images: top-1 agreement "
+        f"{pct(int8['agreement'])} (top-1 fp32 {pct(int8['fp32_top1'])}, int8 "
+        f"{pct(int8['int8_top1'])}); size {mb(int8['fp32_bytes'])} -> {mb(int8['int8_bytes'])}; "
+        f"latency (batch 1, {int8['threads']} thread) {int8['fp32_ms']:.2f} -> "
+        f"{int8['int8_ms']:.2f} ms"
     )
-
-
-def _median_by_kind(layers: Sequence[Any]) -> dict[str, float]:
-    from statistics import median
-
-    kinds: dict[str, list[float]] = {}
-    for layer in layers:
-        kinds.setdefault(layer.kind, []).append(layer.sqnr_db)
-    medians = {kind: round(median(values), 1) for kind, values in kinds.items()}
-    return dict(sorted(medians.items(), key=lambda kv: kv[1]))
+    kinds = ", ".join(f"{k} {v:.1f}" for k, v in int8["sqnr_db_by_kind"].items())
+    print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..deploy.fastpath import ONNXRUNTIME
-    from ..export import (
-        calibration_data,
-        compare_int8,
-        export_model,
-        int8_layer_errors,
-        model_metadata,
-        quantize_int8,
-        read_onnx_metadata,
-    )
     from ..models import create_model
     from ..weights import load
 
@@ -65,15 +49,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.layout:
             kwargs["layout"] = args.layout
         model = create_model(args.model, **kwargs)
-    batch = None if args.batch == "dynamic" else int(args.batch)
     result = export_model(
         model,
         args.out,
         args.format,
         opset=args.opset,
-        batch=batch,
+        batch=None if args.batch == "dynamic" else int(args.batch),
         input_size=args.input_size,
         fastpath=None if args.no_optimize else ONNXRUNTIME,
+        calib=args.calib if args.int8 else None,
+        int8_weights=args.int8_weights,
     )
     checks = [
         {**vars(check), "allowed": check.allowed, "passed": check.passed}
@@ -85,58 +70,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "verification": checks[0],
         "verifications": checks,
     }
-    if not args.json:
+    if result.int8 is not None:
+        record["int8"] = result.int8.to_dict()
+    if args.json:
+        print_json(record)
+    else:
         sizes = ", ".join(f"{f} ({mb(f.stat().st_size)})" for f in result.files)
         print(f"wrote {sizes}")
         for check in result.verifications:
             print(check.summary(), file=sys.stdout if check.passed else sys.stderr)
+        if result.int8 is not None:
+            _print_int8(record["int8"])
     if not result.passed:
-        if args.json:
-            print_json(record)
         print(f"error: {args.out} does not match PyTorch (kept for inspection)", file=sys.stderr)
         return 1
-    if args.int8:
-        out = Path(args.out)
-        int8_path = out.with_name(out.stem + ".int8.onnx")
-        pre = model_metadata(model)["preprocessing"]
-        if args.input_size:
-            pre = {**pre, "input_size": list(args.input_size)}
-        calib, images, labels = calibration_data(args.calib, pre)
-        quantize_int8(
-            model,
-            int8_path,
-            calib,
-            opset=args.opset,
-            batch=batch,
-            input_size=args.input_size,
-            weights=args.int8_weights,
-        )
-        scheme = read_onnx_metadata(int8_path)["quantization"]
-        report = compare_int8(out, int8_path, images, labels)
-        layers = int8_layer_errors(
-            model, int8_path, images, opset=args.opset, batch=batch, input_size=args.input_size
-        )
-        record["int8"] = {
-            "path": str(int8_path),
-            "calib": args.calib,
-            "weights": scheme["weights"],
-            **report.to_dict(),
-            "sqnr_db_by_kind": _median_by_kind(layers),
-            "weakest_layers": [vars(layer) for layer in layers[:5]],
-        }
-        if not args.json:
-            print(f"wrote {int8_path} ({mb(report.int8_bytes)}; weights {scheme['weights']})")
-            _print_int8(report, args.calib)
-            kinds = ", ".join(f"{k} {v:.1f}" for k, v in _median_by_kind(layers).items())
-            print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
-    if args.json:
-        print_json(record)
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..predict import predict
 
+    weights = Path(args.weights)
+    if args.engine == "torch" and weights.suffix.lower() == ".onnx" and weights.is_file():
+        raise ValueError(f"{weights} is an ONNX file: predict it with --engine onnxruntime")
     results = predict(args.weights, args.inputs, topk=args.topk, engine=args.engine)
     failed = [r for r in results if r.error]
     for r in failed:
@@ -179,8 +137,18 @@ def add_parsers(sub: Any) -> None:
     src.add_argument("--model", help="a model name (random weights)")
     p.add_argument("--layout", help="with --model: torchvision|megvii (V2), paper|megvii (V1)")
     p.add_argument("--num-classes", type=int, help="with --model (default 1000)")
-    p.add_argument("--format", choices=("onnx", "torchscript", "ncnn"), default="onnx")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 9..20 (default 17)")
+    p.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default="onnx",
+        help="; ".join(f"{name}: {spec.description}" for name, spec in FORMATS.items()),
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})",
+    )
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed size")
     p.add_argument("--input-size", type=input_size_arg, help="default: from the metadata")
     p.add_argument(
@@ -192,7 +160,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--calib", help="with --int8: 'digits' or an image folder")
     p.add_argument(
         "--int8-weights",
-        choices=("auto", "int8", "uint8"),
+        choices=INT8_WEIGHTS,
         default="auto",
         help="with --int8: weight type; auto: int8 where this CPU has VNNI (or is ARM), else "
         "uint8 (ONNX Runtime's U8S8 kernels saturate on x86 without VNNI)",
@@ -205,16 +173,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--weights", required=True, help="a .safetensors or exported .onnx file")
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument(
-        "--engine", choices=("torch", "onnxruntime"), help="default: torch, onnxruntime for .onnx"
-    )
+    p.add_argument("--engine", choices=tuple(ENGINES), help="default: torch, onnxruntime for .onnx")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("convert", help="torchvision or Megvii checkpoints to our weights files")
     p.add_argument("src", help="a .pth/.pth.tar checkpoint (read with weights_only=True)")
     p.add_argument("dst", help="the .safetensors file to write")
-    p.add_argument("--from", dest="source", required=True, choices=("torchvision", "megvii"))
+    p.add_argument("--from", dest="source", required=True, choices=tuple(SOURCES))
     p.add_argument("--model", help="model name (default: the one whose shapes fit)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_convert)

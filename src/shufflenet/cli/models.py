@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..device import DEVICES
 from .common import input_size_arg, print_json, print_table
 
 __all__ = ["add_parsers"]
@@ -174,6 +175,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="with --timing (default 1)")
     p.add_argument("--runs", type=int, default=20, help="with --timing: timed passes")
     p.add_argument("--threads", type=int, help="with --timing: intra-op threads")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="with --timing")
+    p.add_argument(
+        "--device", default="cpu", help=f"with --timing: {', '.join(DEVICES)} (default cpu)"
+    )
     p.add_argument("--plot", help="with --timing: PNG path (default MODEL_timing.png)")
     p.set_defaults(func=_cmd_profile)

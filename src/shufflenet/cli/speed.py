@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from ..device import DEVICES
+from ..io import write_json
+from ..speed.baselines import BASELINES
+from ..speed.bench import COMPARISONS, BenchConfig, run_bench
+from ..speed.engines import ENGINES
+from ..speed.guidelines import GuidelinesConfig, plot_table, run_guidelines
+from ..speed.selection import plot_selection, select_model
 from .common import comma_list, input_size_arg, print_json, print_table, progress
 
 __all__ = ["add_parsers"]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..speed.bench import BenchConfig, run_bench
-
     config = BenchConfig(
         models=args.models,
         engines=args.engines,
@@ -56,11 +62,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_guidelines(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..io import write_json
-    from ..speed.guidelines import GuidelinesConfig, plot_table, run_guidelines
-
     config = GuidelinesConfig(
         device=args.device,
         quick=args.quick,
@@ -74,7 +75,7 @@ def _cmd_guidelines(args: argparse.Namespace) -> int:
     result = run_guidelines(config, progress=progress)
     out = Path(args.out)
     write_json(out / "guidelines.json", result.to_dict())
-    label = args.device.upper() if args.device == "cpu" else "GPU"
+    label = "CPU" if result.config["device"] == "cpu" else "GPU"
     for table in result.tables:
         plot_table(table, out / f"{table.key.lower()}.png", f"this {label}")
         print(f"{table.title}\n{table.guideline}")
@@ -117,8 +118,6 @@ def _with_ratio(values: Sequence[float], firsts: Sequence[float]) -> list[str]:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ..speed.selection import plot_selection, select_model
-
     sel = select_model(
         args.budget_ms,
         args.models,
@@ -170,8 +169,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
+    engines = ", ".join(ENGINES)
+    shuffle_free = ", ".join(name for name, spec in ENGINES.items() if spec.shuffle_free)
+
     def common(p: argparse.ArgumentParser, runs: int | None) -> None:
-        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        p.add_argument("--device", default="cpu", help=f"{', '.join(DEVICES)} (default cpu)")
         p.add_argument("--threads", type=int, help="intra-op threads (default: the engine's)")
         default = "30, quick 15" if runs is None else runs
         p.add_argument("--runs", type=int, default=runs, help=f"timed runs (default {default})")
@@ -179,24 +181,22 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="measure latency across engines and batch sizes (median, IQR, images/s)",
-        description="Time MODELs (ours, or torchvision baselines: alexnet, mobilenet_v2, "
-        "mobilenet_v3_small, mobilenet_v3_large, resnet18) on this machine.",
+        description=f"Time MODELs (ours, or torchvision baselines: {', '.join(BASELINES)}) on this "
+        "machine.",
     )
     p.add_argument("models", nargs="+", help="model names or shell patterns")
     p.add_argument(
         "--engines",
         type=comma_list(str),
         default=["eager"],
-        help="comma list of eager, channels_last, compile, optimized, onnxruntime, "
-        "onnxruntime_fast, openvino, openvino_fast (default eager; *_fast and optimized run "
-        "our shuffle-free graph)",
+        help=f"comma list of {engines} (default eager; {shuffle_free} run our shuffle-free graph)",
     )
     p.add_argument("--batch-size", type=comma_list(int), default=[1], help="e.g. 1,8,32")
     p.add_argument("--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW")
     common(p, 30)
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument(
-        "--compare", choices=("torchvision",), help="also time torchvision's V2 in the same run"
+        "--compare", choices=COMPARISONS, help="also time torchvision's V2 in the same run"
     )
     p.add_argument("--json", action="store_true", help="print JSON records")
     p.set_defaults(func=_cmd_bench)
@@ -210,7 +210,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", default="guidelines", help="folder for the JSON and the plots")
     p.add_argument("--quick", action="store_true", help="first column only, fewer runs (~1 min)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--engine", default="eager", help="eager (default), onnxruntime, ...")
+    p.add_argument("--engine", default="eager", help=f"one of {engines} (default eager)")
     p.add_argument(
         "--tables", type=comma_list(str), default=["G1", "G2", "G3", "G4"], help="e.g. G1,G4"
     )
@@ -223,7 +223,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget per batch")
     p.add_argument("--models", nargs="+", help="candidates (default: all with a paper top-1)")
     p.add_argument("--baselines", action="store_true", help="add the torchvision baselines")
-    p.add_argument("--engine", default="eager", help="eager (default), onnxruntime, ...")
+    p.add_argument("--engine", default="eager", help=f"one of {engines} (default eager)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW")
     common(p, 20)

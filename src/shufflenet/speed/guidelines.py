@@ -32,14 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from ..complexity import profile
+from ..device import resolve_device, torch_threads
 from ..io import atomic_path
-from .bench import (
-    available_engines,
-    check_device,
-    machine_info,
-    time_engine,
-    torch_threads,
-)
+from .bench import machine_info
+from .engines import engine_spec, time_engine
 
 __all__ = [
     "GUIDELINE_TABLES",
@@ -266,9 +262,8 @@ class GuidelinesConfig:
         """Raise ``ValueError`` with an actionable message for any bad setting."""
         for key in self.tables:
             _table(key)
-        check_device(self.device)
-        if self.engine not in available_engines():
-            raise ValueError(f"unknown engine {self.engine!r}; choose from {available_engines()}")
+        resolve_device(self.device)
+        engine_spec(self.engine, self.device)
         if self.batch_size < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError(
                 f"batch size and threads must be >= 1, got {self.batch_size}, {self.threads}"
@@ -342,6 +337,7 @@ def run_guidelines(
     warmup = config.warmup if config.warmup is not None else (2 if config.quick else 5)
     settings = {**asdict(config), "runs": runs, "warmup": warmup, "input_size": INPUT_SIZE}
     settings["tables"] = [key.upper() for key in config.tables]
+    settings["device"] = resolve_device(config.device).type
     result = GuidelineResult(machine_info(config.device), settings)
     note = progress or (lambda _msg: None)
     with torch_threads(config.threads) as threads, tempfile.TemporaryDirectory() as workdir:

@@ -6,18 +6,19 @@ row that :func:`shufflenet.complexity.profile` uses: the leaf module that runs i
 On the CPU each op is timed with ``time.perf_counter`` (kernels are synchronous); on CUDA with a
 pair of CUDA events per op, read after the pass.
 
-Each pass also measures its own wall time. The time the op timers cannot see (Python, module
-hooks and dispatch between kernels) is ``overhead_ms``; per pass it is wall time minus the sum of
-op times, so it is never negative. Passes outside the interquartile range of wall time are
-dropped and the rest averaged, so per-layer times, category totals and the overhead add up
-exactly to ``total_ms``. ``plain_ms`` is the median latency of the same model without any
-instrumentation, for comparison.
+Each pass also measures its own wall time (:class:`shufflenet.timer.TimedRun`). The time
+the op timers cannot see (Python, module hooks and dispatch between kernels) is ``overhead_ms``;
+per pass it is wall time minus the sum of op times, so it is never negative. Passes outside the
+interquartile range of wall time are dropped and the rest averaged, so per-layer times, category
+totals and the overhead add up exactly to ``total_ms``. ``plain_ms`` is the median latency of
+the same model without any instrumentation, for comparison.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ import torch
 from torch import nn
 
 from ..complexity import _Counter, _track_modules, module_category, op_category, profile
+from ..device import resolve_device, torch_threads
 from ..io import atomic_path
-from .bench import check_device, make_engine, measure, torch_threads
+from ..timer import TimedRun, measure
 
 __all__ = ["LayerTime", "TimingProfile", "plot_timing", "time_layers"]
 
@@ -159,20 +161,26 @@ def time_layers(
         raise ValueError(
             f"need runs >= 1, warmup >= 0, batch_size >= 1; got {runs}, {warmup}, {batch_size}"
         )
-    check_device(device)
+    dev = resolve_device(device)
     stats = profile(model, input_size)  # validates input_size; FLOPs and MAC per image
-    model = model.eval().to(device)
-    x = torch.randn(batch_size, *input_size, device=device)
-    cuda = device == "cuda"
+    model = model.eval().to(dev)
+    x = torch.randn(batch_size, *input_size, device=dev)
+    cuda = dev.type == "cuda"
     timer = _OpTimer(cuda)
+
+    def instrumented() -> None:
+        with timer:
+            model(x)
+
     walls: list[float] = []
     passes: list[dict[str, float]] = []
-    with torch_threads(threads) as n_threads, torch.inference_mode():
-        run = make_engine(model, "eager", example=x, device=device)(x)
-        plain = measure({0: run}, runs=runs, warmup=warmup)[0].median_ms
+    on_gpu = torch.cuda.device(dev) if cuda else nullcontext()  # the op timers' CUDA events
+    with torch_threads(threads) as n_threads, torch.inference_mode(), on_gpu:
+        plain = measure({0: TimedRun(lambda: model(x), dev)}, runs=runs, warmup=warmup)
+        timed_pass = TimedRun(instrumented, dev)
         with _track_modules(model, timer):
             for i in range(warmup + runs):
-                wall = _timed_pass(model, x, timer, cuda)
+                wall = timed_pass()
                 if i >= warmup:
                     walls.append(wall)
                     passes.append(timer.collect())
@@ -188,29 +196,13 @@ def time_layers(
     return TimingProfile(
         input_size=tuple(input_size),  # type: ignore[arg-type]
         batch_size=batch_size,
-        device=device,
+        device=dev.type,
         threads=n_threads,
         runs=runs,
         total_ms=sum(walls[i] for i in kept) / len(kept),
-        plain_ms=plain,
+        plain_ms=plain[0].median_ms,
         layers=layers,
     )
-
-
-def _timed_pass(model: nn.Module, x: torch.Tensor, timer: _OpTimer, cuda: bool) -> float:
-    if cuda:
-        start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-        torch.cuda.synchronize()
-        start.record()
-        with timer:
-            model(x)
-        end.record()
-        torch.cuda.synchronize()
-        return float(start.elapsed_time(end))
-    t0 = time.perf_counter()
-    with timer:
-        model(x)
-    return (time.perf_counter() - t0) * 1e3
 
 
 def plot_timing(result: TimingProfile, path: str | Path, title: str = "") -> Path:

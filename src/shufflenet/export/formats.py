@@ -1,0 +1,97 @@
+"""The export formats, one table: :data:`FORMATS` (name -> exporter and verifier), and
+:func:`export_model`, which writes a format, verifies it and, for ONNX, can add int8.
+
+Adding a format is one module with its exporter and verifier and an :class:`ExportFormat`
+entry, plus its row here; the CLI reads its ``--format`` choices from this table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions
+from ..models.base import ShuffleNetBase
+from ..verification import Verification
+from .int8 import Int8Result, export_int8, int8_types
+from .ncnn import NCNN
+from .onnx import DEFAULT_OPSET, ONNX
+from .spec import ExportFormat, ExportOptions
+from .torchscript import TORCHSCRIPT
+
+__all__ = ["FORMATS", "ExportResult", "export_model"]
+
+FORMATS: dict[str, ExportFormat] = {
+    "onnx": ONNX,
+    "torchscript": TORCHSCRIPT,
+    "ncnn": NCNN,
+}
+
+
+@dataclass
+class ExportResult:
+    """The files written and how they compare with PyTorch, in each runtime that checked them;
+    with ``calib``, the int8 file and what it costs."""
+
+    format: str
+    files: list[Path]
+    verifications: list[Verification]
+    int8: Int8Result | None = None
+
+    @property
+    def verification(self) -> Verification:
+        """The check in the format's own runtime (ONNX Runtime for ONNX)."""
+        return self.verifications[0]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.verifications)
+
+
+def export_model(
+    model: ShuffleNetBase,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    input_size: Sequence[int] | None = None,
+    fastpath: FastPathOptions | None = ONNXRUNTIME,
+    calib: str | None = None,
+    int8_weights: str = "auto",
+) -> ExportResult:
+    """Export ``model`` to ``path`` in ``format`` and verify the file against PyTorch.
+
+    An ONNX file is run in ONNX Runtime and, when it is installed, in OpenVINO too. The file is
+    kept even if a check fails (``result.passed`` is False), so that it can be inspected.
+    ``fastpath`` is the ONNX graph layout (see :func:`~shufflenet.export.onnx_bytes`). With
+    ``calib`` (``"digits"`` or an image folder), a file that passed is also quantized to int8
+    with ``int8_weights`` (:func:`~shufflenet.export.export_int8`): ``result.int8``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    spec = FORMATS[format]
+    if calib is not None:  # int8: checked before any file is written
+        if not spec.int8:
+            int8_formats = ", ".join(name for name, f in FORMATS.items() if f.int8)
+            raise ValueError(f"calib (int8) needs format {int8_formats}, got {format!r}")
+        int8_types(opset, "uint8", int8_weights)
+    model = model.eval()
+    options = ExportOptions(opset, batch, input_size, fastpath)
+    files = spec.export(model, Path(path), options)
+    result = ExportResult(format, files, spec.verify(Path(path), model, options))
+    if calib is not None and result.passed:
+        plain = Path(path).read_bytes() if fastpath is None else None
+        result.int8 = export_int8(
+            model,
+            path,
+            calib,
+            opset=opset,
+            batch=batch,
+            input_size=input_size,
+            weights=int8_weights,
+            plain=plain,
+        )
+    return result

@@ -1,0 +1,320 @@
+"""int8 ONNX: ONNX Runtime's post-training static quantization (QDQ, per-channel weights),
+calibrated on digits or an image folder, and what it costs next to fp32.
+
+:func:`export_int8` is the whole run: calibration images, the quantized file beside the fp32
+one, agreement, sizes and latency (:func:`compare_int8`), and how well each activation keeps
+on its int8 grid (:func:`~shufflenet.export.int8_layer_errors`). The fp32 graph it quantizes is
+the plain BatchNorm-folded one, exported once per run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from .. import cpu
+from ..deploy.fastpath import FastPathOptions
+from ..io import atomic_path
+from ..models.base import ShuffleNetBase
+from ..runtimes import ort_session
+from ..timer import TimedRun, measure
+from .calibration import calibration_data, calibration_reader, image_batches
+from .int8_errors import LayerError, graph_layer_errors, sqnr_db_by_kind
+from .metadata import model_metadata, read_onnx_metadata, write_onnx_metadata
+from .onnx import DEFAULT_OPSET, onnx_bytes
+
+__all__ = [
+    "INT8_WEIGHTS",
+    "VNNI_FLAGS",
+    "Int8Report",
+    "Int8Result",
+    "compare_int8",
+    "default_int8_weights",
+    "export_int8",
+    "int8_types",
+    "quantize_int8",
+]
+
+# The ``weights`` choices of :func:`quantize_int8` and :func:`export_int8`.
+INT8_WEIGHTS = ("auto", "int8", "uint8")
+# x86 CPU flags of the instructions that multiply uint8 by int8 into 32-bit sums without saturating.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+# -- quantization -------------------------------------------------------------------------------
+def default_int8_weights(
+    machine: str | None = None, cpu_flags: frozenset[str] | None = None
+) -> str:
+    """The int8 weight type that keeps ONNX Runtime exact on this CPU: ``int8`` or ``uint8``.
+
+    uint8 activations times int8 weights (U8S8) is ONNX Runtime's fast pairing, but on x86 CPUs
+    without VNNI its AVX2/AVX-512 kernels add pairs of products in 16 bits (``vpmaddubsw``), which
+    saturate; ONNX Runtime's quantization guide recommends U8U8 there. ``int8`` on ARM and on
+    x86 with VNNI (or AMX); ``uint8`` on other x86 CPUs, and where the flags cannot be read.
+    Arguments default to this machine.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "int8"
+    flags = cpu.cpu_flags() if cpu_flags is None else cpu_flags
+    return "int8" if flags is not None and flags & VNNI_FLAGS else "uint8"
+
+
+def int8_types(opset: int, activations: str, weights: str) -> tuple[str, str]:
+    """Checked (activations, weights) types, ``auto`` weights resolved for this CPU."""
+    if opset < 13:
+        raise ValueError(f"per-channel int8 needs opset >= 13, got {opset}")
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
+    if weights not in INT8_WEIGHTS:
+        raise ValueError(f"weights must be auto, int8 or uint8, got {weights!r}")
+    return activations, default_int8_weights() if weights == "auto" else weights
+
+
+def quantize_int8(
+    model: ShuffleNetBase,
+    out_path: str | os.PathLike[str],
+    calibration: Tensor,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    input_size: Sequence[int] | None = None,
+    batch_size: int = 16,
+    fastpath: FastPathOptions | None = None,
+    activations: str = "uint8",
+    weights: str = "auto",
+) -> Path:
+    """Post-training static int8 ONNX of ``model``: QDQ, 8-bit weights with one scale per output
+    channel, uint8 (or int8) activations with min/max ranges from ``calibration`` images.
+
+    ``weights`` is ``int8``, ``uint8`` or ``auto`` (:func:`default_int8_weights` for this CPU:
+    U8S8 where ONNX Runtime computes it without saturating, U8U8 elsewhere). ``fastpath`` picks
+    the fp32 graph to quantize (see :func:`~shufflenet.export.onnx_bytes`); the default is the
+    plain BN-folded one, whose tensors :func:`~shufflenet.export.int8_layer_errors` reports
+    on, and which ran faster in int8 than the shuffle-free one (the README has the numbers).
+    The file carries the model's metadata plus a ``quantization`` entry.
+    """
+    activations, weights = int8_types(opset, activations, weights)
+    fp32 = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=fastpath)
+    _quantize(fp32, out_path, calibration, batch, batch_size, activations, weights)
+    return Path(out_path)
+
+
+def _quantize(
+    fp32: bytes,
+    out_path: str | os.PathLike[str],
+    calibration: Tensor,
+    batch: int | None,
+    batch_size: int,
+    activations: str,
+    weights: str,
+) -> dict[str, Any]:
+    """Quantize the ONNX model ``fp32`` into ``out_path``; returns its ``quantization`` entry."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    metadata = read_onnx_metadata(fp32)
+    chunks = image_batches(calibration, batch or batch_size, batch is not None)
+    if not chunks:
+        raise ValueError(f"{len(calibration)} calibration images make no batch of {batch}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, quantized = (Path(tmp, f) for f in ("fp32", "prepared", "int8"))
+        source.write_bytes(fp32)
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            calibration_reader(chunks),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=types[activations],
+            weight_type=types[weights],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(quantized))
+    _uniform_weight_zero_points(proto)
+    metadata["quantization"] = {
+        "method": "onnxruntime static QDQ",
+        "weights": f"{weights} per-channel",
+        "activations": f"{activations} per-tensor, min/max calibration",
+        "calibration_images": len(calibration),
+    }
+    write_onnx_metadata(proto, metadata)
+    onnx.checker.check_model(proto)
+    with atomic_path(out_path) as tmp_out:
+        onnx.save(proto, str(tmp_out))
+    return metadata["quantization"]
+
+
+def _uniform_weight_zero_points(proto: Any) -> None:
+    """Give the all-zero channels of per-channel uint8 weights the zero point of the others
+    (where the others share one).
+
+    Zero-padded channels (the shuffle-free graph has many) quantize to weights equal to their
+    zero point 0 while the other channels get 128, and ONNX Runtime runs convolutions with
+    mixed weight zero points on a much slower path. Such a channel dequantizes to zeros with
+    any zero point, so moving it to the common one is exact.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {init.name: init for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        weight, zero = inits.get(node.input[0]), inits.get(node.input[2])
+        if weight is None or zero is None or zero.data_type != TensorProto.UINT8:
+            continue
+        zp = numpy_helper.to_array(zero).copy()
+        if zp.size < 2 or (zp == zp[0]).all():
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        channels = np.moveaxis(numpy_helper.to_array(weight), axis, 0).copy()  # C order
+        lanes = channels.reshape(len(zp), -1)  # a view: edits reach ``channels``
+        zeros = (lanes == zp[:, None]).all(1)  # channels whose weights are all exactly zero
+        used = np.unique(zp[~zeros])
+        if len(used) != 1:
+            continue
+        lanes[zeros], zp[zeros] = used[0], used[0]
+        q = np.moveaxis(channels, 0, axis)
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q), weight.name))
+        zero.CopyFrom(numpy_helper.from_array(zp, zero.name))
+
+
+# -- what it costs --------------------------------------------------------------------------------
+@dataclass
+class Int8Report:
+    """What int8 costs and gains next to fp32, on the same images and machine."""
+
+    fp32_bytes: int
+    int8_bytes: int
+    fp32_ms: float
+    int8_ms: float
+    images: int
+    agreement: float
+    fp32_top1: float | None
+    int8_top1: float | None
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_int8(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    runs: int = 50,
+    threads: int = 1,
+) -> Int8Report:
+    """Top-1 agreement of the two files on ``images``, their sizes and batch-1 latency.
+
+    Latency is the median of ``runs`` single-image runs with ``threads`` intra-op threads,
+    the two files timed in alternating rounds (:func:`shufflenet.timer.measure`).
+    """
+    sessions = [ort_session(fp32_path, threads), ort_session(int8_path, threads)]
+    name = sessions[0].get_inputs()[0].name
+    dim = sessions[0].get_inputs()[0].shape[0]
+    size, fixed = (dim, True) if isinstance(dim, int) else (32, False)
+    chunks = image_batches(images, size, fixed)
+    preds = [
+        np.concatenate([s.run(None, {name: b})[0] for b in chunks]).argmax(1) for s in sessions
+    ]
+    n = len(preds[0])
+    feed = {name: chunks[0][:size] if fixed else chunks[0][:1]}
+    runners = {i: TimedRun(functools.partial(s.run, None, feed)) for i, s in enumerate(sessions)}
+    timings = measure(runners, runs=runs, warmup=3, rounds=3)
+    top1 = [None if labels is None else float((p == labels[:n].numpy()).mean()) for p in preds]
+    return Int8Report(
+        fp32_bytes=os.path.getsize(fp32_path),
+        int8_bytes=os.path.getsize(int8_path),
+        fp32_ms=timings[0].median_ms,
+        int8_ms=timings[1].median_ms,
+        images=n,
+        agreement=float((preds[0] == preds[1]).mean()),
+        fp32_top1=top1[0],
+        int8_top1=top1[1],
+        threads=threads,
+    )
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+@dataclass
+class Int8Result:
+    """An int8 file made by :func:`export_int8`: its weight scheme, what it costs next to the
+    fp32 file, and each quantized activation's error, worst first."""
+
+    path: Path
+    calib: str
+    weights: str
+    report: Int8Report
+    layers: list[LayerError]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the path, calibration set and weights, the report's fields, the medians
+        by kind and the five weakest activations."""
+        return {
+            "path": str(self.path),
+            "calib": self.calib,
+            "weights": self.weights,
+            **self.report.to_dict(),
+            "sqnr_db_by_kind": sqnr_db_by_kind(self.layers),
+            "weakest_layers": [asdict(layer) for layer in self.layers[:5]],
+        }
+
+
+def export_int8(
+    model: ShuffleNetBase,
+    fp32_path: str | os.PathLike[str],
+    calib: str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    input_size: Sequence[int] | None = None,
+    weights: str = "auto",
+    plain: bytes | None = None,
+) -> Int8Result:
+    """Quantize ``model`` into ``FILE.int8.onnx`` beside its fp32 ONNX file ``fp32_path``
+    (``FILE.onnx``), calibrated on ``calib`` (see :func:`calibration_data`), and measure it.
+
+    The report compares the two files on ``calib``'s evaluation images (:func:`compare_int8`);
+    the layer errors are :func:`~shufflenet.export.int8_layer_errors`. ``plain`` is the plain
+    fp32 graph (:func:`~shufflenet.export.onnx_bytes` with ``fastpath=None`` and the same
+    ``opset``, ``batch`` and ``input_size``) if the caller has it, as when ``fp32_path`` is that
+    graph; otherwise it is exported here, once, for both quantization and layer errors.
+    """
+    activations, weights = int8_types(opset, "uint8", weights)
+    out = Path(fp32_path)
+    int8_path = out.with_name(out.stem + ".int8.onnx")
+    preprocessing = model_metadata(model)["preprocessing"]
+    if input_size:
+        preprocessing = {**preprocessing, "input_size": list(input_size)}
+    calibration, images, labels = calibration_data(calib, preprocessing)
+    if plain is None:
+        plain = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=None)
+    scheme = _quantize(plain, int8_path, calibration, batch, 16, activations, weights)
+    return Int8Result(
+        path=int8_path,
+        calib=calib,
+        weights=scheme["weights"],
+        report=compare_int8(out, int8_path, images, labels),
+        layers=graph_layer_errors(plain, int8_path, images, batch),
+    )
