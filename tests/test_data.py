@@ -133,7 +133,7 @@ def test_corrupt_image_and_empty_class_named_in_one_error(tmp_path):
         check_image_folder(root)
     text = str(err.value)
     assert "train/cat/broken.jpg" in text and "val/dog/cut.png" in text
-    assert "2 unreadable" in text and "--skip-bad-images" in text
+    assert "2 unreadable" in text and "skip_bad_images=True" in text
     assert "without images: train/bird, val/bird" in text
     # skipping bad images does not hide an empty class
     with pytest.raises(ValueError, match="without images"):

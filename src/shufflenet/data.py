@@ -353,7 +353,7 @@ def check_image_folder(
         listed = [f"{p.relative_to(root)} ({e})" for p, e in bad]
         problems.append(
             f"{len(bad)} unreadable image file(s): {_shorten(listed, 10)}; fix or remove them, "
-            "or skip them with --skip-bad-images"
+            "or skip them with skip_bad_images=True"
         )
     if problems:
         raise ValueError(f"data folder {root}: " + "; ".join(problems))

@@ -95,9 +95,8 @@ class FastPathOptions:
 def onnxruntime_layout(cpu_flags: frozenset[str] | None = None) -> FastPathOptions:
     """The ONNX Runtime layout for a CPU (default: this one): every chunk padded to the channel
     block of ONNX Runtime's NCHWc kernels, so that the whole graph stays blocked. The block is 8
-    channels on x86 with AVX2 but no AVX-512 (there, 8/8/8 ran V2 1x 1.22x faster than torchvision's
-    export at batch 1 against 1.14x for 16/16/32: ``benchmarks/cpu_inference.py --sections
-    layouts``), else 16, with a stem of 32."""
+    channels on x86 with AVX2 but no AVX-512 (``benchmarks/cpu_inference.py --sections layouts``
+    compares the two), else 16, with a stem of 32."""
     flags = cpu.cpu_flags() if cpu_flags is None else cpu_flags
     if flags is not None and "avx2" in flags and "avx512f" not in flags:
         return FastPathOptions(chunk_align=8, branch_align=8, stem_align=8)

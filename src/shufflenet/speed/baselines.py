@@ -132,7 +132,7 @@ def build_torchvision_counterpart(name: str, num_classes: int = 1000) -> nn.Modu
     if get_model_info(name).family != "v2":
         raise ValueError(
             f"torchvision has no implementation of {name!r}: only ShuffleNet V2 models "
-            "can be compared with --compare torchvision"
+            "can be compared with torchvision's"
         )
     import torchvision
 
