@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_CLASSES",
+    "MAX_INPUT_SIZE",
     "MEGVII_PREPROCESSING",
+    "MIN_INPUT_SIZE",
     "Preprocessing",
+    "check_input_size",
     "imagenet_classes",
 ]
+
+# Bounds on what any input (an argument, a weights file's metadata) may ask for, checked before
+# anything is allocated. The networks downsample 32x, so smaller images have no pixel left.
+MIN_INPUT_SIZE = 32
+MAX_INPUT_SIZE = 4096
+MAX_CLASSES = 100_000
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,3 +52,19 @@ def imagenet_classes() -> list[str]:
 
     text = files("shufflenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
     return text.splitlines()
+
+
+def check_input_size(size: int | Sequence[int], name: str = "input_size") -> tuple[int, int]:
+    """``size`` (one side, or (height, width)) as (height, width), each an integer within
+    [:data:`MIN_INPUT_SIZE`, :data:`MAX_INPUT_SIZE`]; ``ValueError`` naming ``name`` otherwise."""
+    sides = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not isinstance(sides, Sequence) or isinstance(sides, str) or len(sides) != 2:
+        raise ValueError(f"{name} must be a size or (height, width), got {size!r}")
+    for side in sides:
+        if not isinstance(side, int) or isinstance(side, bool):
+            raise ValueError(f"{name} must hold integers, got {size!r}")
+        if not MIN_INPUT_SIZE <= side <= MAX_INPUT_SIZE:
+            raise ValueError(
+                f"{name} must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels, got {size!r}"
+            )
+    return int(sides[0]), int(sides[1])
