@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(2)
 
@@ -30,3 +33,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def image_folder(root: Path, classes=("ant", "bee"), per_class=4) -> Path:
+    """A small ImageFolder tree: ROOT/{train,val}/CLASS/N.jpg, 40x36 images of distinct colours."""
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 36), (60 * c, 20 * i, 100)).save(
+                    root / split / name / f"{i}.jpg"
+                )
+    return root

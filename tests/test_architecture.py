@@ -28,6 +28,7 @@ LAYERS = {
     "verification": 0,
     "timer": 0,
     "io": 0,
+    "limits": 0,
     "cpu": 0,
 }
 

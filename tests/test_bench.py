@@ -157,8 +157,8 @@ def test_compile_engine_runs():
     ("changes", "message"),
     [
         ({"engines": ["tensorrt"]}, "unknown engine"),
-        ({"batch_sizes": [0]}, "batch sizes"),
-        ({"input_size": (16, 16)}, "at least 32"),
+        ({"batch_sizes": [0]}, "batch_size must be a positive"),
+        ({"input_size": (16, 16)}, "within 32..4096"),
         ({"threads": 0}, "threads"),
         ({"device": "tpu"}, "device"),
         ({"runs": 0}, "runs"),
@@ -262,7 +262,7 @@ def test_cli_bench_table_and_json(capsys):
     [
         (["bench", "shufflenet_v2_x0_5", "--engines", "tensorrt"], "unknown engine"),
         (["bench", "shufflenet_v2_x0_5", "--batch-size", "1,x"], "comma-separated"),
-        (["bench", "shufflenet_v2_x0_5", "--batch-size", "0"], "batch sizes"),
+        (["bench", "shufflenet_v2_x0_5", "--batch-size", "0"], "batch_size must be a positive"),
         (["bench", "nosuchnet"], "unknown model"),
         (["profile", "shufflenet_v2_x0_5", "--timing", "--runs", "0"], "runs"),
     ],

@@ -131,7 +131,7 @@ def test_cli_quick_writes_four_tables_and_plots(tmp_path, capsys):
         ({"tables": ("G9",)}, "unknown table"),
         ({"device": "tpu"}, "device"),
         ({"engine": "tensorrt"}, "engine"),
-        ({"batch_size": 0}, "batch size"),
+        ({"batch_size": 0}, "batch_size must be a positive"),
         ({"runs": 0}, "runs"),
     ],
 )

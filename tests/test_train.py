@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from conftest import image_folder
 from safetensors.torch import load_file
 
 import shufflenet
@@ -180,7 +180,7 @@ def test_help_quotes_the_real_defaults():
         (["train", "nosuchnet"], "unknown model"),
         (["train", TINY, "--epochs", "0"], "epochs must be a positive integer"),
         (["train", TINY, "--lr", "-1"], "lr must be > 0"),
-        (["train", TINY, "--image-size", "16"], "at least 32"),
+        (["train", TINY, "--image-size", "16"], "image_size must be within 32..4096"),
         (["train", TINY, "--device", "tpu"], "device must be"),
         (["train", TINY, "--data", "/no/such/folder"], "no such data folder"),
         (["train", TINY, "--resume"], "--resume needs --out"),
@@ -200,19 +200,8 @@ def test_bad_argument_types_exit_2(capsys):
     assert e.value.code == 2 and "invalid int value" in capsys.readouterr().err
 
 
-def _folder(root: Path, classes=("ant", "bee"), per_class=4) -> Path:
-    for split in ("train", "val"):
-        for c, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("RGB", (40, 36), (60 * c, 20 * i, 100)).save(
-                    root / split / name / f"{i}.jpg"
-                )
-    return root
-
-
 def test_cli_folder_with_corrupt_image_and_empty_class(tmp_path, capsys):
-    root = _folder(tmp_path / "photos")
+    root = image_folder(tmp_path / "photos")
     (root / "train" / "bee" / "bad.jpg").write_bytes(b"GIF89a truncated")
     (root / "train" / "wasp").mkdir()
     (root / "val" / "wasp").mkdir()

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .preprocessing import MAX_INPUT_SIZE
+
 __all__ = ["LayerProfile", "ModelProfile", "module_category", "op_category", "profile"]
 
 _aten = torch.ops.aten
@@ -211,9 +213,17 @@ def profile(
     """Count parameters, FLOPs and MAC of ``model`` for one image of ``input_size`` (C, H, W).
 
     The model runs once in eval mode on a zero input and is returned to its previous mode.
+    H and W are at most :data:`~shufflenet.preprocessing.MAX_INPUT_SIZE`.
     """
-    if len(input_size) != 3 or any(not isinstance(s, int) or s < 1 for s in input_size):
-        raise ValueError(f"input_size must be three positive integers (C, H, W), got {input_size}")
+    if (
+        len(input_size) != 3
+        or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in input_size)
+        or max(input_size[1:]) > MAX_INPUT_SIZE
+    ):
+        raise ValueError(
+            "input_size must be three positive integers (C, H, W), H and W at most "
+            f"{MAX_INPUT_SIZE}, got {input_size}"
+        )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -39,11 +39,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .io import check_output_path
 from .models import create_model, get_model_info, list_models
 from .models.v1 import V1_REPEATS
 from .models.v2 import V2_REPEATS
 from .preprocessing import MEGVII_PREPROCESSING, imagenet_classes
-from .weights import load_state_dict_checked, save
+from .weights import check_model_kwargs, load_state_dict_checked, printable, save
 
 __all__ = [
     "SOURCES",
@@ -82,7 +83,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"{p} holds no state dict (got {type(obj).__name__})")
-    bad = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
+    bad = [
+        printable(str(k))
+        for k, v in obj.items()
+        if not isinstance(k, str) or not isinstance(v, Tensor)
+    ]
     if bad:
         raise ValueError(f"{p}: entries that are not tensors: {', '.join(bad[:3])}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
@@ -174,7 +179,7 @@ def _megvii(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
         return "shufflenet_v2_*", "megvii", megvii_v2_filter
     raise ValueError(
         "not a Megvii ShuffleNet V1/V2 checkpoint: no features.N.branch_main(_1) keys; first "
-        f"keys: {', '.join(list(state_dict)[:3])}"
+        f"keys: {', '.join(map(printable, list(state_dict)[:3]))}"
     )
 
 
@@ -221,10 +226,13 @@ def convert_checkpoint(
     """Convert the ``source`` checkpoint ``src`` to our weights file ``dst``.
 
     The architecture is ``model`` if given, else the registered one whose shapes fit. A
-    checkpoint that does not fit raises ``ValueError`` naming the first mismatched keys.
+    checkpoint that does not fit raises ``ValueError`` naming the first mismatched keys. ``dst``
+    is checked first (never ``src``), and the class count and input channels read from the
+    tensors' shapes are bounded before any model is built.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    check_output_path(dst, "dst", inputs=[src])
     raw = read_checkpoint(src)
     pattern, layout, filter_fn = SOURCES[source](raw)
     state_dict = filter_fn(raw)
@@ -234,6 +242,12 @@ def convert_checkpoint(
         kwargs["num_classes"] = fc.shape[0]
     if stem is not None and stem.dim() == 4:
         kwargs["in_chans"] = stem.shape[1]
+    try:
+        check_model_kwargs(kwargs)
+    except ValueError as e:
+        raise ValueError(
+            f"{src}: {e} (read from the shapes of fc.weight, conv1.0.weight)"
+        ) from None
     if model is None:
         model = _best_model(pattern, kwargs, state_dict)
     else:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import DIGITS, load_eval_data
 from .device import resolve_device
+from .limits import check_workers
 from .weights import load
 
 __all__ = ["EvalResult", "evaluate", "evaluate_weights"]
@@ -202,6 +203,8 @@ def evaluate_weights(
         data = meta.get("data")
         if not data:
             raise ValueError(f"{path} does not record its data; pass data ('digits' or a folder)")
+    if workers is not None:
+        check_workers(workers)
     workers = loader_workers(data) if workers is None else workers
     dataset, classes, _ = load_eval_data(
         data, meta["preprocessing"], skip_bad_images=skip_bad_images, workers=max(1, workers)

@@ -2,8 +2,10 @@
 
 The preprocessing comes from the file's metadata (:func:`shufflenet.data.build_eval_transform`),
 so the model sees exactly what it was trained or converted for (RGB normalised for torchvision
-weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded gives a
-:class:`Prediction` with an ``error`` while the others are still predicted.
+weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded, or is not a regular
+file (a FIFO is never opened), gives a :class:`Prediction` with an ``error`` while the others are
+still predicted. The weights file's metadata (and an ONNX file's graph) is checked first
+(:func:`shufflenet.weights.validate_metadata`).
 
 1000-class weights without their own class names get the ImageNet-1k names bundled in
 ``shufflenet/data/imagenet_classes.txt`` (copied from torchvision's
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,17 +94,34 @@ def _onnxruntime_engine(path: Path) -> tuple[dict[str, Any], Logits]:
     from .runtimes import ort_session
 
     if _is_onnx(path):
-        return read_onnx_metadata(path), functools.partial(_run_session, ort_session(path))
+        metadata = read_onnx_metadata(path)  # checks the graph before ONNX Runtime reads it
+        try:
+            session = ort_session(path)
+        except Exception as e:  # ONNX Runtime raises its own types for graphs it cannot load
+            raise ValueError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+        return metadata, functools.partial(_run_session, session, path)
     from .weights import load
 
     model = load(path)
     session = ort_session(onnx_bytes(model))
-    return model.weights_metadata, functools.partial(_run_session, session)
+    return model.weights_metadata, functools.partial(_run_session, session, path)
 
 
-def _run_session(session: Any, batch: Tensor) -> np.ndarray:
-    """``batch`` through an ONNX Runtime session; a fixed batch axis runs it in chunks of its
-    size, the last one zero-padded."""
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _run_session(session: Any, path: Path, batch: Tensor) -> np.ndarray:
+    """``batch`` through an ONNX Runtime session of ``path``; a fixed batch axis runs it in
+    chunks of its size, the last one zero-padded."""
+    try:
+        return _run_chunks(session, batch)
+    except Exception as e:  # ONNX Runtime's own types, for a graph that loads but cannot run
+        raise ValueError(f"{path}: ONNX Runtime cannot run it ({_first_line(e)})") from None
+
+
+def _run_chunks(session: Any, batch: Tensor) -> np.ndarray:
     inputs = session.get_inputs()[0]
     fixed = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
     if fixed is None:
@@ -129,8 +149,10 @@ class Predictor:
         from .data import build_eval_transform
 
         path = Path(weights)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"no such weights file: {path}")
+        if not path.is_file():
+            raise ValueError(f"{path} is not a regular file: give a weights or ONNX file")
         engine = engine or ("onnxruntime" if _is_onnx(path) else "torch")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -139,16 +161,30 @@ class Predictor:
         if int(self.metadata.get("num_classes", 0)) < 1:
             raise ValueError(f"{path} has no classifier (num_classes 0): nothing to predict")
         self.class_names = class_names_of(self.metadata)
-        self.transform = build_eval_transform(self.metadata["preprocessing"])
+        try:
+            self.transform = build_eval_transform(self.metadata["preprocessing"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def logits(self, batch: Tensor) -> np.ndarray:
         """Raw outputs for a preprocessed (N, C, H, W) batch."""
         return self._logits(batch)
 
     def load_image(self, path: Path) -> Tensor:
-        """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable."""
-        if path.is_dir():
+        """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable.
+
+        Only regular files are opened: a FIFO would block, a device never end.
+        """
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ValueError("no such file") from None
+        except OSError as e:
+            raise ValueError(f"cannot read it ({e.strerror})") from None
+        if stat.S_ISDIR(mode):
             raise ValueError("a directory without image files")
+        if not stat.S_ISREG(mode):
+            raise ValueError("not a regular file (a FIFO, socket or device): refused")
         try:
             with Image.open(path) as image:
                 image.load()

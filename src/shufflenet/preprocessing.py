@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,10 +11,12 @@ __all__ = [
     "IMAGENET_STD",
     "MAX_CLASSES",
     "MAX_INPUT_SIZE",
+    "MAX_IN_CHANS",
     "MEGVII_PREPROCESSING",
     "MIN_INPUT_SIZE",
     "Preprocessing",
     "check_input_size",
+    "control_character",
     "imagenet_classes",
 ]
 
@@ -22,6 +25,7 @@ __all__ = [
 MIN_INPUT_SIZE = 32
 MAX_INPUT_SIZE = 4096
 MAX_CLASSES = 100_000
+MAX_IN_CHANS = 16
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +56,16 @@ def imagenet_classes() -> list[str]:
 
     text = files("shufflenet").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
     return text.splitlines()
+
+
+# Unicode categories refused in class names: control and format characters (ANSI escapes,
+# newlines, bidirectional overrides), lone surrogates, line and paragraph separators.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def control_character(name: str) -> str | None:
+    """The first character of ``name`` that a terminal would act on rather than show, if any."""
+    return next((c for c in name if unicodedata.category(c) in _UNPRINTABLE), None)
 
 
 def check_input_size(size: int | Sequence[int], name: str = "input_size") -> tuple[int, int]:

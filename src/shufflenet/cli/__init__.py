@@ -2,12 +2,14 @@
 
 One module per verb group (``models``, ``speed``, ``train``, ``deploy``), each holding its
 verbs' handlers and parsers; a handler takes the parsed arguments and returns an exit code.
-Errors the user can fix (``ValueError``, ``OSError``) become one ``error: ...`` line and exit 2.
+Errors the user can fix (``ValueError``, ``OSError``, a failed allocation) become one
+``error: ...`` line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        message = _out_of_memory(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """What to say when an allocation failed (PyTorch reports it as a ``RuntimeError``);
+    ``None`` for any other error."""
+    text = str(error)
+    if not isinstance(error, MemoryError) and not re.search(
+        r"can't allocate memory|out of memory", text, re.IGNORECASE
+    ):
+        return None
+    size = re.search(r"tried to allocate (\d[\d.]*\s*\w+)", text, re.IGNORECASE)
+    asked = f" (an allocation of {size.group(1)} failed)" if size else ""
+    return f"not enough memory{asked}: choose a smaller batch or input size"

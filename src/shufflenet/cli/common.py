@@ -8,11 +8,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from ..preprocessing import MAX_CLASSES, check_input_size
+
 __all__ = [
     "Parser",
+    "batch_arg",
     "comma_list",
     "input_size_arg",
     "mb",
+    "num_classes_arg",
     "parse_input_size",
     "print_json",
     "print_table",
@@ -26,17 +30,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
-    """``"224"`` -> (224, 224); ``"160x192"`` -> (160, 192) as (height, width)."""
+    """``"224"`` -> (224, 224); ``"160x192"`` -> (160, 192) as (height, width), each side
+    within :data:`~shufflenet.preprocessing.MIN_INPUT_SIZE`..``MAX_INPUT_SIZE`` pixels."""
     parts = text.lower().split("x")
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"input size must look like 224 or 160x192, got {text!r}") from None
+        sizes = []
     if len(sizes) == 1:
         sizes *= 2
-    if len(sizes) != 2 or min(sizes) < 1:
+    if len(sizes) != 2:
         raise ValueError(f"input size must look like 224 or 160x192, got {text!r}")
-    return sizes[0], sizes[1]
+    return check_input_size((sizes[0], sizes[1]), "input size")
 
 
 def input_size_arg(text: str) -> tuple[int, int]:
@@ -44,6 +49,31 @@ def input_size_arg(text: str) -> tuple[int, int]:
         return parse_input_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def num_classes_arg(text: str) -> int:
+    """A class count within 0..:data:`~shufflenet.preprocessing.MAX_CLASSES` (0: no classifier)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_CLASSES:
+        message = f"must be an integer within 0..{MAX_CLASSES} (0: no classifier), got {text!r}"
+        raise argparse.ArgumentTypeError(message)
+    return value
+
+
+def batch_arg(text: str) -> int | None:
+    """``"dynamic"`` -> None (any batch size), else a positive integer: a fixed batch size."""
+    if text.strip().lower() == "dynamic":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'dynamic' or a positive integer, got {text!r}")
+    return value
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:

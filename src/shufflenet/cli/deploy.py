@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..convert import SOURCES
 from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model
+from ..io import check_output_path
 from ..predict import ENGINES
-from .common import input_size_arg, mb, print_json
+from .common import batch_arg, input_size_arg, mb, num_classes_arg, print_json
 
 __all__ = ["add_parsers"]
 
@@ -39,9 +41,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --format onnx and --calib digits|FOLDER")
     if args.int8_weights != "auto" and not args.int8:
         raise ValueError("--int8-weights goes with --int8")
+    if args.weights and (args.layout or args.num_classes is not None):
+        raise ValueError("--layout and --num-classes go with --model, not --weights")
+    inputs = [args.weights] if args.weights else []
+    for path in _export_files(Path(args.out), args.format, args.int8):
+        check_output_path(path, "--out", inputs=inputs)
     if args.weights:
-        if args.layout or args.num_classes is not None:
-            raise ValueError("--layout and --num-classes go with --model, not --weights")
         model = load(args.weights)
     else:
         classes = 1000 if args.num_classes is None else args.num_classes
@@ -54,7 +59,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.out,
         args.format,
         opset=args.opset,
-        batch=None if args.batch == "dynamic" else int(args.batch),
+        batch=args.batch,
         input_size=args.input_size,
         fastpath=None if args.no_optimize else ONNXRUNTIME,
         calib=args.calib if args.int8 else None,
@@ -87,9 +92,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _export_files(out: Path, format: str, int8: bool) -> list[Path]:
+    """The files an export to ``out`` writes: ncnn's FILE.param, FILE.bin and FILE.json, int8's
+    FILE.int8.onnx beside FILE.onnx."""
+    if format == "ncnn":
+        return [out, out.with_suffix(".bin"), out.with_suffix(".json")]
+    return [out, out.with_name(out.stem + ".int8.onnx")] if int8 else [out]
 
+
+def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     weights = Path(args.weights)
@@ -136,7 +147,7 @@ def add_parsers(sub: Any) -> None:
     src.add_argument("--weights", help="a .safetensors weights file")
     src.add_argument("--model", help="a model name (random weights)")
     p.add_argument("--layout", help="with --model: torchvision|megvii (V2), paper|megvii (V1)")
-    p.add_argument("--num-classes", type=int, help="with --model (default 1000)")
+    p.add_argument("--num-classes", type=num_classes_arg, help="with --model (default 1000)")
     p.add_argument(
         "--format",
         choices=tuple(FORMATS),
@@ -149,7 +160,9 @@ def add_parsers(sub: Any) -> None:
         default=DEFAULT_OPSET,
         help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})",
     )
-    p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed size")
+    p.add_argument(
+        "--batch", type=batch_arg, default=None, help="'dynamic' (default) or a fixed size"
+    )
     p.add_argument("--input-size", type=input_size_arg, help="default: from the metadata")
     p.add_argument(
         "--no-optimize",

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ..device import DEVICES
-from .common import input_size_arg, print_json, print_table
+from ..io import check_output_path
+from .common import input_size_arg, num_classes_arg, print_json, print_table
 
 __all__ = ["add_parsers"]
 
@@ -105,6 +106,7 @@ def _profile_timing(args: argparse.Namespace) -> int:
     from ..models import create_model
     from ..speed.timing import plot_timing, time_layers
 
+    plot = check_output_path(args.plot or f"{args.model}_timing.png", "--plot")
     model = create_model(args.model, num_classes=args.num_classes)
     result = time_layers(
         model,
@@ -114,7 +116,7 @@ def _profile_timing(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    plot = plot_timing(result, args.plot or f"{args.model}_timing.png", args.model)
+    plot_timing(result, plot, args.model)
     if args.json:
         print_json({"model": args.model, "plot": str(plot), **result.to_dict()})
         return 0
@@ -169,7 +171,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW, e.g. 160x192"
     )
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=num_classes_arg, default=1000, help="default 1000")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--timing", action="store_true", help="also measure time per layer")
     p.add_argument("--batch-size", type=int, default=1, help="with --timing (default 1)")

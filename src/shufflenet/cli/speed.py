@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..device import DEVICES
-from ..io import write_json
+from ..io import check_output_path, write_json
 from ..speed.baselines import BASELINES
 from ..speed.bench import COMPARISONS, BenchConfig, run_bench
 from ..speed.engines import ENGINES
@@ -72,8 +72,12 @@ def _cmd_guidelines(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         tables=args.tables,
     )
-    result = run_guidelines(config, progress=progress)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for the JSON and the plots")
+    for name in ("guidelines.json", *(f"{key.lower()}.png" for key in args.tables)):
+        check_output_path(out / name, "--out")
+    result = run_guidelines(config, progress=progress)
     write_json(out / "guidelines.json", result.to_dict())
     label = "CPU" if result.config["device"] == "cpu" else "GPU"
     for table in result.tables:
@@ -118,6 +122,7 @@ def _with_ratio(values: Sequence[float], firsts: Sequence[float]) -> list[str]:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
+    check_output_path(args.plot, "--plot")
     sel = select_model(
         args.budget_ms,
         args.models,

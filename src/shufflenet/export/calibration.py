@@ -35,6 +35,8 @@ def calibration_data(
         eval_set, _, _ = data.load_eval_data(calib, preprocessing)
         calib_set = eval_set
     count = len(calib_set)
+    if count == 0 or len(eval_set) == 0:
+        raise ValueError(f"calib {calib} holds no images: give digits or a folder of class folders")
     picks = np.linspace(0, count - 1, min(count, max_images)).round().astype(int)
     calib_images = torch.stack([calib_set[int(i)][0] for i in dict.fromkeys(picks)])
     items = [eval_set[i] for i in range(len(eval_set))]

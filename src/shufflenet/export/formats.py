@@ -15,7 +15,9 @@ from pathlib import Path
 from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions
 from ..models.base import ShuffleNetBase
 from ..verification import Verification
+from .calibration import calibration_data
 from .int8 import Int8Result, export_int8, int8_types
+from .metadata import model_metadata
 from .ncnn import NCNN
 from .onnx import DEFAULT_OPSET, ONNX
 from .spec import ExportFormat, ExportOptions
@@ -73,11 +75,13 @@ def export_model(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     spec = FORMATS[format]
-    if calib is not None:  # int8: checked before any file is written
+    calibration = None
+    if calib is not None:  # int8: checked, and its images loaded, before any file is written
         if not spec.int8:
             int8_formats = ", ".join(name for name, f in FORMATS.items() if f.int8)
             raise ValueError(f"calib (int8) needs format {int8_formats}, got {format!r}")
         int8_types(opset, "uint8", int8_weights)
+        calibration = calibration_data(calib, model_metadata(model, input_size)["preprocessing"])
     model = model.eval()
     options = ExportOptions(opset, batch, input_size, fastpath)
     files = spec.export(model, Path(path), options)
@@ -93,5 +97,6 @@ def export_model(
             input_size=input_size,
             weights=int8_weights,
             plain=plain,
+            data=calibration,
         )
     return result

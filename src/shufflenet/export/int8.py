@@ -291,6 +291,7 @@ def export_int8(
     input_size: Sequence[int] | None = None,
     weights: str = "auto",
     plain: bytes | None = None,
+    data: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Int8Result:
     """Quantize ``model`` into ``FILE.int8.onnx`` beside its fp32 ONNX file ``fp32_path``
     (``FILE.onnx``), calibrated on ``calib`` (see :func:`calibration_data`), and measure it.
@@ -299,15 +300,15 @@ def export_int8(
     the layer errors are :func:`~shufflenet.export.int8_layer_errors`. ``plain`` is the plain
     fp32 graph (:func:`~shufflenet.export.onnx_bytes` with ``fastpath=None`` and the same
     ``opset``, ``batch`` and ``input_size``) if the caller has it, as when ``fp32_path`` is that
-    graph; otherwise it is exported here, once, for both quantization and layer errors.
+    graph; otherwise it is exported here, once, for both quantization and layer errors. ``data``
+    is :func:`calibration_data` of ``calib`` at the export's input size, if already loaded.
     """
     activations, weights = int8_types(opset, "uint8", weights)
     out = Path(fp32_path)
     int8_path = out.with_name(out.stem + ".int8.onnx")
-    preprocessing = model_metadata(model)["preprocessing"]
-    if input_size:
-        preprocessing = {**preprocessing, "input_size": list(input_size)}
-    calibration, images, labels = calibration_data(calib, preprocessing)
+    if data is None:
+        data = calibration_data(calib, model_metadata(model, input_size)["preprocessing"])
+    calibration, images, labels = data
     if plain is None:
         plain = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=None)
     scheme = _quantize(plain, int8_path, calibration, batch, 16, activations, weights)

@@ -21,6 +21,7 @@ from ..deploy import fuse_bn
 from ..io import atomic_path, write_json
 from ..models.base import ShuffleNetBase
 from ..verification import FP32_TOLERANCE, Verification
+from ..weights import validate_metadata
 from .check import compare_with_model
 from .metadata import model_metadata, sample_inputs
 from .spec import ExportFormat, ExportOptions
@@ -51,8 +52,8 @@ def export_ncnn(
     except ImportError:
         raise ValueError("ncnn export needs pnnx and ncnn: pip install pnnx ncnn") from None
     param, weights, sidecar = _ncnn_paths(path)
-    metadata = model_metadata(model)
-    x = sample_inputs(1, model.in_chans, metadata["preprocessing"], input_size)
+    metadata = model_metadata(model, input_size)
+    x = sample_inputs(1, model.in_chans, metadata["preprocessing"])
     with tempfile.TemporaryDirectory() as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -93,7 +94,7 @@ def verify_ncnn(
     except ImportError:
         raise ValueError("verifying an ncnn export needs ncnn: pip install ncnn") from None
     param, weights, sidecar = _ncnn_paths(path)
-    metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+    metadata = validate_metadata(json.loads(sidecar.read_text(encoding="utf-8")), sidecar)
     net = ncnn.Net()
     for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic"):
         setattr(net.opt, option, False)

@@ -94,7 +94,8 @@ def onnx_bytes(
 
     By default the graph is the shuffle-free form of :mod:`shufflenet.deploy.fastpath` laid out for
     ``fastpath`` (ONNX Runtime); ``fastpath=None``, or a model it does not cover, gives the plain
-    BatchNorm-folded graph. The metadata entry ``graph`` says which one was written.
+    BatchNorm-folded graph. The metadata entry ``graph`` says which one was written, and its
+    preprocessing the input size the graph takes (:func:`~shufflenet.export.model_metadata`).
     """
     import onnx
 
@@ -102,8 +103,8 @@ def onnx_bytes(
         raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1 or dynamic, got {batch}")
-    metadata = model_metadata(model)
-    x = sample_inputs(batch or 1, model.in_chans, metadata["preprocessing"], input_size)
+    metadata = model_metadata(model, input_size)
+    x = sample_inputs(batch or 1, model.in_chans, metadata["preprocessing"])
     output = "logits" if model.num_classes else "features"
     plain_reason = "not requested" if fastpath is None else fastpath_support(model)
     if plain_reason is None:

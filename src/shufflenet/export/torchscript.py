@@ -17,6 +17,7 @@ from ..deploy import fuse_bn, static_shuffles
 from ..io import atomic_path
 from ..models.base import ShuffleNetBase
 from ..verification import FP32_TOLERANCE, Verification
+from ..weights import validate_metadata
 from .check import compare_with_model
 from .metadata import model_metadata, sample_inputs
 from .spec import ExportFormat, ExportOptions
@@ -33,8 +34,8 @@ def export_torchscript(
     input_size: Sequence[int] | None = None,
 ) -> Path:
     """Trace the BN-folded, static-shuffle copy of ``model``; any batch size runs."""
-    metadata = model_metadata(model)
-    x = sample_inputs(1, model.in_chans, metadata["preprocessing"], input_size)
+    metadata = model_metadata(model, input_size)
+    x = sample_inputs(1, model.in_chans, metadata["preprocessing"])
     with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice, TracerWarnings
         traced = torch.jit.trace(static_shuffles(fuse_bn(model)), (x,), check_trace=False)
@@ -54,7 +55,7 @@ def verify_torchscript(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
         scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    metadata = json.loads(files[TORCHSCRIPT_METADATA])
+    metadata = validate_metadata(json.loads(files[TORCHSCRIPT_METADATA]), path)
 
     def run(x: Tensor) -> Any:
         with torch.no_grad():

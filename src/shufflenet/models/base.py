@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..preprocessing import MAX_CLASSES, MAX_IN_CHANS
+
 __all__ = ["ConvNormAct", "LayerFactory", "ShuffleNetBase", "check_positive", "make_act"]
 
 LayerFactory = Callable[..., nn.Module]
@@ -21,6 +23,18 @@ LayerFactory = Callable[..., nn.Module]
 def make_act(act_layer: LayerFactory) -> nn.Module:
     """An activation module computing in place (``nn.ReLU``, ``nn.Hardswish``, ...)."""
     return act_layer(inplace=True)
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if (
+        not isinstance(num_classes, int)
+        or isinstance(num_classes, bool)
+        or not 0 <= num_classes <= MAX_CLASSES
+    ):
+        raise ValueError(
+            f"num_classes must be an integer within 0..{MAX_CLASSES} (0: no classifier), got "
+            f"{num_classes!r}"
+        )
 
 
 def check_positive(**values: int) -> None:
@@ -80,10 +94,9 @@ class ShuffleNetBase(nn.Module):
     ) -> None:
         super().__init__()
         check_positive(in_chans=in_chans)
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(
-                f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}"
-            )
+        if in_chans > MAX_IN_CHANS:
+            raise ValueError(f"in_chans must be within 1..{MAX_IN_CHANS}, got {in_chans}")
+        _check_num_classes(num_classes)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         self.in_chans = in_chans
@@ -133,10 +146,12 @@ class ShuffleNetBase(nn.Module):
 
     # -- public API -----------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it)."""
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it); the
+        ``model_config`` that ``shufflenet.save`` records follows."""
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
+        if self.model_config:
+            self.model_config["num_classes"] = num_classes
         self.fc = self._make_classifier(num_classes)
         if isinstance(self.fc, nn.Linear):
             nn.init.normal_(self.fc.weight, 0.0, 0.01)

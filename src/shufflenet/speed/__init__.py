@@ -1,4 +1,5 @@
 """Speed measured on this machine: the bench engines (``engines``, ``ort_worker``, ``checks``),
 the bench itself (``bench``), per-layer times (``timing``), V2's guideline experiments
 (``guidelines``), latency-budget selection (``selection``) and the torchvision baselines
-(``baselines``), all timed with :mod:`shufflenet.timer`. Import from the submodules."""
+(``baselines``), all timed with :mod:`shufflenet.timer`; ``limits`` bounds the runs, threads and
+batch sizes they may be asked for. Import from the submodules."""

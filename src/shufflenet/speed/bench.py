@@ -24,6 +24,8 @@ from torch import nn
 from ..complexity import profile
 from ..cpu import cpu_name, simd_features
 from ..device import resolve_device, torch_threads
+from ..limits import check_batch, check_timing
+from ..preprocessing import check_input_size
 from .baselines import (
     BASELINES,
     build_model,
@@ -89,16 +91,12 @@ class BenchConfig:
             raise ValueError(f"engines is empty; choose from {', '.join(available_engines())}")
         for engine in self.engines:
             engine_spec(engine, self.device)
-        if not self.batch_sizes or any(
-            not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in self.batch_sizes
-        ):
-            raise ValueError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if len(self.input_size) != 2 or min(self.input_size) < 32:
-            raise ValueError(f"input size must be at least 32x32, got {self.input_size}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.runs < 1 or self.warmup < 0:
-            raise ValueError(f"need runs >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+        h, w = check_input_size(self.input_size, "input_size")
+        if not self.batch_sizes:
+            raise ValueError("batch_sizes is empty: give at least one batch size")
+        for batch in self.batch_sizes:
+            check_batch(batch, (3, h, w))
+        check_timing(self.runs, self.warmup, self.threads)
         if self.compare is not None and self.compare not in COMPARISONS:
             raise ValueError(
                 f"compare must be None or one of {', '.join(COMPARISONS)}, got {self.compare!r}"

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..complexity import profile
 from ..device import resolve_device, torch_threads
 from ..io import atomic_path
+from ..limits import check_batch, check_timing
 from .bench import machine_info
 from .engines import engine_spec, time_engine
 
@@ -260,18 +261,16 @@ class GuidelinesConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` with an actionable message for any bad setting."""
+        if not self.tables:
+            raise ValueError(f"tables is empty; choose from {', '.join(GUIDELINE_TABLES)}")
         for key in self.tables:
             _table(key)
         resolve_device(self.device)
         engine_spec(self.engine, self.device)
-        if self.batch_size < 1 or (self.threads is not None and self.threads < 1):
-            raise ValueError(
-                f"batch size and threads must be >= 1, got {self.batch_size}, {self.threads}"
-            )
-        if (self.runs is not None and self.runs < 1) or (
-            self.warmup is not None and self.warmup < 0
-        ):
-            raise ValueError(f"need runs >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+        check_timing(self.runs, self.warmup, self.threads)
+        # the widest input of a column is G2's g=8 row, about 2.8 times its base width
+        widest = max(3 * _table(key).channels[c] for key in self.tables for c in self.columns)
+        check_batch(self.batch_size, (widest, INPUT_SIZE, INPUT_SIZE))
 
     @property
     def columns(self) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ because the two fronts need not agree, which is V2's point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,8 +100,8 @@ def select_model(
     ``models`` are names or shell patterns (default: :func:`default_candidates`); ``baselines``
     adds the torchvision reference architectures.
     """
-    if not budget_ms > 0:
-        raise ValueError(f"the latency budget must be a positive number of ms, got {budget_ms}")
+    if not 0 < budget_ms < math.inf:
+        raise ValueError(f"budget_ms must be a positive, finite number of ms, got {budget_ms}")
     names = expand_model_names(list(models)) if models else default_candidates()
     if baselines:
         names += [n for n in BASELINES if n not in names]

@@ -30,6 +30,7 @@ from torch import nn
 from ..complexity import _Counter, _track_modules, module_category, op_category, profile
 from ..device import resolve_device, torch_threads
 from ..io import atomic_path
+from ..limits import check_batch, check_timing
 from ..timer import TimedRun, measure
 
 __all__ = ["LayerTime", "TimingProfile", "plot_timing", "time_layers"]
@@ -157,12 +158,10 @@ def time_layers(
     threads: int | None = None,
 ) -> TimingProfile:
     """Measure the time of every layer of ``model`` (eager PyTorch, eval mode, no grad)."""
-    if runs < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError(
-            f"need runs >= 1, warmup >= 0, batch_size >= 1; got {runs}, {warmup}, {batch_size}"
-        )
+    check_timing(runs, warmup, threads)
     dev = resolve_device(device)
     stats = profile(model, input_size)  # validates input_size; FLOPs and MAC per image
+    check_batch(batch_size, input_size)
     model = model.eval().to(dev)
     x = torch.randn(batch_size, *input_size, device=dev)
     cuda = dev.type == "cuda"

@@ -8,19 +8,25 @@ an optional pass that re-estimates the BN statistics at the end.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..data import DIGITS
+from ..data import AUGMENTATIONS, DIGITS
 from ..device import resolve_device
+from ..limits import MAX_THREADS
 from ..models import get_model_info
+from ..preprocessing import check_input_size
 from .files import RunFiles, read_checkpoint
 
 __all__ = [
     "SCHEDULES",
     "TrainConfig",
+    "check_resume_classes",
     "checkpoint_to_resume",
     "read_run_config",
     "recipe_differences",
@@ -34,6 +40,10 @@ PAPER_LR = 0.5
 PAPER_BATCH = 1024
 DIGITS_IMAGE_SIZE = 64
 FOLDER_IMAGE_SIZE = 224
+# Beyond this, torch's seeding overflows.
+MAX_SEED = 2**32 - 1
+# The integer fields for which None means "the default".
+OPTIONAL_COUNTS = ("limit_train_batches", "workers", "threads")
 
 
 @dataclass
@@ -80,41 +90,68 @@ class TrainConfig:
     resume: bool = False
 
     def validated(self) -> TrainConfig:
-        """A copy with ``image_size`` and ``lr`` resolved; raises ``ValueError`` on a bad
-        setting."""
+        """A copy with ``image_size`` and ``lr`` resolved; raises ``ValueError`` naming the
+        field on a bad setting (of a wrong type, out of range, or not finite)."""
         get_model_info(self.model)
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "limit_train_batches": self.limit_train_batches,
-        }
-        for name, value in positive.items():
-            if value is not None and (not isinstance(value, int) or value < 1):
+        for name in ("epochs", "batch_size", "limit_train_batches"):
+            value = getattr(self, name)
+            if not (_is_int(value, 1) or (value is None and name in OPTIONAL_COUNTS)):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, low, high in (
+            ("bn_recalibrate", 0, None),
+            ("seed", 0, MAX_SEED),
+            ("workers", 0, MAX_THREADS),
+            ("threads", 1, MAX_THREADS),
+        ):
+            value = getattr(self, name)
+            if not (_is_int(value, low, high) or (value is None and name in OPTIONAL_COUNTS)):
+                span = f">= {low}" if high is None else f"in {low}..{high}"
+                raise ValueError(f"{name} must be an integer {span}, got {value!r}")
         lr = PAPER_LR * self.batch_size / PAPER_BATCH if self.lr is None else self.lr
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.bn_recalibrate < 0:
-            raise ValueError("weight_decay, warmup_epochs and bn_recalibrate must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check_real("lr", lr, 0.0, inclusive=False)
+        for name in ("weight_decay", "warmup_epochs"):
+            _check_real(name, getattr(self, name), 0.0)
+        for name in ("momentum", "label_smoothing", "drop_rate"):
+            _check_real(name, getattr(self, name), 0.0, 1.0)
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"
+            )
         size = self.image_size
         if size is None:
             size = DIGITS_IMAGE_SIZE if self.data == DIGITS else FOLDER_IMAGE_SIZE
-        if size < 32:
-            raise ValueError(f"image size must be at least 32 (five stride-2 steps), got {size}")
+        check_input_size(size, "image_size")
         resolve_device(self.device)
-        return replace(self, image_size=size, lr=lr)
+        return replace(self, image_size=size, lr=float(lr))
+
+
+def _is_int(value: Any, low: int, high: int | None = None) -> bool:
+    """Whether ``value`` is an integer (not a bool) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return low <= value and (high is None or value <= high)
+
+
+def _check_real(
+    name: str, value: Any, low: float, high: float | None = None, *, inclusive: bool = True
+) -> None:
+    """``ValueError`` unless ``value`` is a finite number >= ``low`` (> with ``inclusive``
+    False) and, if given, < ``high``."""
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int too large for a float stays nan
+            number = float(value)
+    above = number >= low if inclusive else number > low
+    if not (math.isfinite(number) and above and (high is None or number < high)):
+        if high is not None:
+            span = f"in [{low:g}, {high:g})"
+        else:
+            span = f"{'>=' if inclusive else '>'} {low:g} and finite"
+        raise ValueError(f"{name} must be {span}, got {value!r}")
 
 
 def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
@@ -134,6 +171,26 @@ def recipe_differences(config: TrainConfig, saved: dict[str, Any]) -> list[str]:
         for f in fields(TrainConfig)
         if f.name not in RUNTIME_FIELDS and getattr(config, f.name) != saved.get(f.name)
     ]
+
+
+def check_resume_classes(saved: Sequence[str], classes: Sequence[str], data: str) -> None:
+    """``ValueError`` unless the ``classes`` of ``data`` are a checkpoint's ``saved`` ones, in
+    the same order (a class index means the same class all run long)."""
+    if list(saved) == list(classes):
+        return
+    only_data = sorted(set(classes) - set(saved))
+    only_saved = sorted(set(saved) - set(classes))
+    if only_data or only_saved:
+        diff = (
+            f"only in the data: {', '.join(only_data) or '-'}; "
+            f"only in the checkpoint: {', '.join(only_saved) or '-'}"
+        )
+    else:
+        diff = "the same classes in another order"
+    raise ValueError(
+        f"resume: the classes of {data} are not the run's ({diff}); the labels would change "
+        "meaning mid-run: restore the class folders as they were, or start a new run"
+    )
 
 
 def checkpoint_to_resume(config: TrainConfig, files: RunFiles) -> dict[str, Any] | None:

@@ -5,14 +5,19 @@
   ``torch.load(weights_only=True)``;
 - ``model.safetensors``: weights plus metadata (architecture, classes, preprocessing), for
   ``shufflenet.load``, ``shufflenet eval`` and ``predict``;
-- ``metrics.csv`` (one line per finished epoch) and ``curves.png``.
+- ``metrics.csv`` (one line per finished epoch) and ``curves.png``;
+- ``.lock`` while a run holds the directory (:func:`lock_run_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +31,28 @@ __all__ = [
     "METRIC_COLUMNS",
     "RunFiles",
     "default_run_dir",
+    "lock_run_dir",
     "read_checkpoint",
     "write_checkpoint",
     "write_metrics",
 ]
 
 CHECKPOINT_FORMAT = "shufflenet-checkpoint/1"
+# Attempts at the run dir's lock while other runs remove the .lock or folders they made.
+LOCK_TRIES = 100
+# What every checkpoint holds besides its format.
+CHECKPOINT_KEYS = (
+    "config",
+    "epoch",
+    "world_size",
+    "classes",
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "history",
+)
 METRIC_COLUMNS = (
     "epoch",
     "train_loss",
@@ -66,6 +87,15 @@ class RunFiles:
     def curves(self) -> Path:
         return self.dir / "curves.png"
 
+    @property
+    def lock(self) -> Path:
+        return self.dir / ".lock"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file the run writes."""
+        return (self.checkpoint, self.model, self.metrics, self.curves)
+
 
 def default_run_dir(model: str) -> Path:
     """``runs/MODEL``, or the first of ``runs/MODEL-2``, ``-3``, ... that does not exist."""
@@ -77,6 +107,61 @@ def default_run_dir(model: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (``flock`` on its ``.lock`` file) for the block.
+
+    ``ValueError`` at once if another run holds it. The kernel releases the lock when the
+    process ends, however it ends; the block's end also removes ``.lock``, and the folders this
+    call created if they are still empty (a run that failed before writing anything).
+    """
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    lock = RunFiles(run_dir).lock
+    for _ in range(LOCK_TRIES):
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except (FileNotFoundError, FileExistsError):
+            if run_dir.exists() and not run_dir.is_dir():
+                raise
+            continue  # a run that held it is removing the folders it made
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"another training run holds {run_dir} (its lock {lock} is taken); wait for "
+                "it to end or choose another out"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise OSError(e.errno, f"cannot lock the run dir {run_dir}: {e.strerror}") from None
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # locked a .lock that its run removed meanwhile: take the new one
+    else:
+        raise OSError(
+            errno.EBUSY, f"cannot lock the run dir {run_dir}: other runs keep removing it"
+        )
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote into it
+                break
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The contents of a ``checkpoint.pt``; ``ValueError`` for a damaged or foreign file."""
     try:
@@ -85,6 +170,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a shufflenet training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} is damaged: it lacks {', '.join(missing)}")
+    if not isinstance(ckpt["config"], dict):
+        raise ValueError(f"checkpoint {path} is damaged: its config is not a mapping")
     return ckpt
 
 

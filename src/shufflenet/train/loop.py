@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -24,12 +25,13 @@ from ..evaluate import (
     loader_workers,
     to_device,
 )
+from ..io import check_output_path, remove_stale_temps
 from ..models import create_model
 from ..models.base import ShuffleNetBase
 from ..weights import load, load_state_dict_checked, save
-from .config import TrainConfig, checkpoint_to_resume
+from .config import TrainConfig, check_resume_classes, checkpoint_to_resume
 from .distributed import Dist, all_sum, broadcast, distributed, gather
-from .files import RunFiles, default_run_dir, write_checkpoint, write_metrics
+from .files import RunFiles, default_run_dir, lock_run_dir, write_checkpoint, write_metrics
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
 from .schedule import lr_scheduler, param_groups
 
@@ -60,13 +62,39 @@ def fit(config: TrainConfig, log: Log | None = None) -> FitResult:
     """Train ``config.model`` as configured; ``log`` receives one line per epoch (rank 0).
 
     Under torchrun every process calls this with the same config. Raises ``ValueError`` /
-    ``FileNotFoundError`` for bad settings or data, before any training.
+    ``OSError`` for bad settings, data or run dir, before any training. The run holds a lock
+    on its run dir throughout: a second run into the same dir fails at once.
     """
     config = config.validated()
     if config.threads is None and resolve_device(config.device).type == "cpu":
         config = replace(config, threads=idle_threads())
     with torch_threads(config.threads), distributed(config.device) as ctx:
-        return _Run(config, ctx, log).run()
+        out = config.out if config.out is not None else str(default_run_dir(config.model))
+        files = RunFiles(Path(broadcast(out, ctx)))
+        with _hold_run_dir(files, ctx):
+            return _Run(config, ctx, files, log).run()
+
+
+@contextmanager
+def _hold_run_dir(files: RunFiles, ctx: Dist) -> Iterator[None]:
+    """Rank 0 checks that the run dir can be written, locks it for the block and removes the
+    temporary files of a killed run; every process raises rank 0's error if it cannot."""
+    with ExitStack() as stack:
+        error: Exception | None = None
+        if ctx.is_main:
+            try:
+                check_output_path(files.checkpoint, "out")
+                stack.enter_context(lock_run_dir(files.dir))
+                for path in files.outputs:
+                    remove_stale_temps(path)
+            except (ValueError, OSError) as e:
+                error = e
+        message = broadcast(None if error is None else str(error), ctx)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ValueError(message)
+        yield
 
 
 def _plural(n: int, noun: str) -> str:
@@ -100,7 +128,7 @@ class _Run:
     """One training run of :func:`fit`: everything it needs, built and checked (or restored
     from the checkpoint) by the constructor, then the per-epoch work."""
 
-    def __init__(self, config: TrainConfig, ctx: Dist, log: Log | None) -> None:
+    def __init__(self, config: TrainConfig, ctx: Dist, files: RunFiles, log: Log | None) -> None:
         c = self.config = config
         self.ctx = ctx
         self._log = log
@@ -115,9 +143,8 @@ class _Run:
                 f"batch size {c.batch_size} does not split over {ctx.world_size} processes"
             )
         self.local_batch = c.batch_size // ctx.world_size
-        out = c.out if c.out is not None else str(default_run_dir(c.model))
-        self.files = RunFiles(Path(broadcast(out, ctx)))
-        checkpoint = checkpoint_to_resume(c, self.files)
+        self.files = files
+        checkpoint = checkpoint_to_resume(c, files)
 
         self.data = load_data(
             c.data,
@@ -126,6 +153,8 @@ class _Run:
             skip_bad_images=c.skip_bad_images,
             workers=max(1, self.workers),
         )
+        if checkpoint is not None:
+            check_resume_classes(checkpoint["classes"], self.data.classes, c.data)
         if self.data.num_train < c.batch_size:
             raise ValueError(
                 f"{self.data.num_train} training images is fewer than one batch of "
