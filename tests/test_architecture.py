@@ -19,6 +19,7 @@ LAYERS = {
     "models": 1,
     "weights": 1,
     "data": 1,
+    "folders": 1,
     "complexity": 1,
     "plots": 1,
     "shufflenet": 2,  # the public API: re-exports models, weights, complexity
