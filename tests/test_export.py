@@ -27,7 +27,7 @@ from shufflenet.export.int8 import _uniform_weight_zero_points
 from shufflenet.verification import compare_outputs
 
 PARITY = [
-    *[(n, None) for n in shufflenet.list_models("shufflenet_v2_*")],
+    *[(n, None) for n in shufflenet.list_models("shufflenet_v2_x*")],
     ("shufflenet_v1_g3_x1_0", None),
     ("shufflenet_v1_g8_x1_0", None),
     ("shufflenet_v2_x0_5", "megvii"),
@@ -95,7 +95,7 @@ def _openvino_traps(proto):
     ]
 
 
-V1_V2 = shufflenet.list_models("shufflenet_v1_*") + shufflenet.list_models("shufflenet_v2_*")
+V1_V2 = shufflenet.list_models("shufflenet_v1_*") + shufflenet.list_models("shufflenet_v2_x*")
 
 
 @pytest.mark.parametrize("form", ["default", "plain"])

@@ -9,7 +9,7 @@ from shufflenet.models.v1 import V1_STAGE2_WIDTHS, ShuffleNetV1, ShuffleV1Unit, 
 from shufflenet.models.v2 import ShuffleNetV2
 
 ALL = shufflenet.list_models()
-V2_NAMES = shufflenet.list_models("shufflenet_v2_*")
+V2_NAMES = shufflenet.list_models("shufflenet_v2_x*")
 
 
 def test_registry_has_the_25_v1_and_4_v2_models():

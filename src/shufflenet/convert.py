@@ -169,14 +169,14 @@ Filter = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 
 def _torchvision(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
-    return "shufflenet_v2_*", "torchvision", torchvision_filter
+    return "shufflenet_v2_x*", "torchvision", torchvision_filter
 
 
 def _megvii(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
     if any(".branch_main_1." in k for k in state_dict):
         return "shufflenet_v1_*", "megvii", megvii_v1_filter
     if any(".branch_main." in k for k in state_dict):
-        return "shufflenet_v2_*", "megvii", megvii_v2_filter
+        return "shufflenet_v2_x*", "megvii", megvii_v2_filter
     raise ValueError(
         "not a Megvii ShuffleNet V1/V2 checkpoint: no features.N.branch_main(_1) keys; first "
         f"keys: {', '.join(map(printable, list(state_dict)[:3]))}"

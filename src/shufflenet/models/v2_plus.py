@@ -1,0 +1,305 @@
+"""ShuffleNetV2+ (Megvii's release: Small, Medium, Large), built on :class:`ShuffleNetBase`.
+
+V2's Megvii unit with 3x3, 5x5 or 7x7 depthwise kernels, an Xception-style unit (three
+depthwise-pointwise pairs), h-swish after the first stage, squeeze-excitation in the last two
+stages and a larger head (1x1 conv to 1280, SE, a 1280-wide hidden FC). There is no max-pool and
+there are four stages, ``stage1``..``stage4`` (strides 4 to 32 with the stride-2 stem), whose
+outputs are the four feature maps of :meth:`forward_stages`.
+
+The units' branches are flat ``nn.Sequential``s whose indices are those of the release
+(``branch_main.N``, ``branch_proj.N``, the SE's ``gate.{1,2,4}`` for ``SE_opr.{1,2,4}``), so its
+weights map onto these modules by renaming prefixes only. Input: BGR 0-255, not normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ..preprocessing import MEGVII_PREPROCESSING
+from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
+from .registry import ModelInfo, register_model
+
+__all__ = [
+    "V2_PLUS_BLOCKS",
+    "V2_PLUS_WIDTHS",
+    "ShuffleNetV2Plus",
+    "ShufflePlusUnit",
+    "SqueezeExcite",
+    "shufflenet_v2_plus_large",
+    "shufflenet_v2_plus_medium",
+    "shufflenet_v2_plus_small",
+]
+
+V2_PLUS_REPEATS = (4, 4, 8, 4)
+# Output channels of the four stages.
+V2_PLUS_WIDTHS: dict[str, tuple[int, int, int, int]] = {
+    "small": (36, 104, 208, 416),
+    "medium": (48, 128, 256, 512),
+    "large": (68, 168, 336, 672),
+}
+# The unit at each of the 20 positions: 0/1/2 = shuffle unit with a 3x3/5x5/7x7 depthwise conv,
+# 3 = Xception unit (the release's searched architecture).
+V2_PLUS_BLOCKS = (0, 0, 3, 1, 1, 1, 0, 0, 2, 0, 2, 1, 1, 0, 2, 0, 2, 1, 3, 2)
+STEM_WIDTH = 16
+HEAD_WIDTH = 1280
+XCEPTION = 3
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool, 1x1 conv C -> C/4 (no bias), BN, ReLU, 1x1 conv C/4 -> C (no bias),
+    hard-sigmoid ``clamp(a + 3, 0, 6) / 6``; the input times that gate."""
+
+    def __init__(self, channels: int, norm_layer: LayerFactory = nn.BatchNorm2d) -> None:
+        super().__init__()
+        check_positive(channels=channels)
+        reduced = max(channels // 4, 1)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, reduced, 1, bias=False),
+            norm_layer(reduced),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(reduced, channels, 1, bias=False),
+            nn.Hardsigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+
+def _depthwise(channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(
+        channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=False
+    )
+
+
+class ShufflePlusUnit(nn.Module):
+    """One V2+ unit: ``block`` 0/1/2 is a shuffle unit with a 3x3/5x5/7x7 depthwise conv, 3 an
+    Xception unit (three 3x3 depthwise, BN, 1x1, BN, act steps; stride on the first).
+
+    Stride 1: the even channels are the identity and the odd ones go through ``branch_main``
+    (Megvii's split; no shuffle after the concat). Stride 2: ``branch_proj`` (depthwise with the
+    unit's kernel, BN, 1x1 in -> in, BN, act) keeps ``in_channels`` and ``branch_main`` makes
+    ``out_channels - in_channels``. ``se`` appends :class:`SqueezeExcite` to ``branch_main``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        block: int,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+        act_layer: LayerFactory = nn.ReLU,
+        se: bool = False,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        if block not in (0, 1, 2, XCEPTION):
+            raise ValueError(f"block must be 0, 1, 2 (3x3/5x5/7x7) or 3 (Xception), got {block}")
+        if out_channels % 2:
+            raise ValueError(f"output channels must be even, got {out_channels}")
+        if stride == 1 and in_channels != out_channels:
+            raise ValueError(
+                f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
+            )
+        if stride == 2 and out_channels <= in_channels:
+            raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
+        self.stride = stride
+        self.block = block
+        kernel = 3 if block == XCEPTION else 3 + 2 * block
+        mid = out_channels // 2
+        branch_in = in_channels if stride == 2 else in_channels // 2
+        branch_out = out_channels - branch_in
+        norm, act = norm_layer, partial(make_act, act_layer)
+        layers: list[nn.Module]
+        if block == XCEPTION:
+            layers = []
+            for i, (cin, cout) in enumerate(((branch_in, mid), (mid, mid), (mid, branch_out))):
+                layers += [_depthwise(cin, 3, stride if i == 0 else 1), norm(cin)]
+                layers += [nn.Conv2d(cin, cout, 1, bias=False), norm(cout), act()]
+        else:
+            layers = [
+                nn.Conv2d(branch_in, mid, 1, bias=False),
+                norm(mid),
+                act(),
+                _depthwise(mid, kernel, stride),
+                norm(mid),
+                nn.Conv2d(mid, branch_out, 1, bias=False),
+                norm(branch_out),
+                act(),
+            ]
+        if se:
+            layers.append(SqueezeExcite(branch_out, norm_layer))
+        self.branch_main = nn.Sequential(*layers)
+        if stride == 2:
+            self.branch_proj = nn.Sequential(
+                _depthwise(in_channels, kernel, stride),
+                norm(in_channels),
+                nn.Conv2d(in_channels, in_channels, 1, bias=False),
+                norm(in_channels),
+                act(),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:
+            # Megvii's even/odd split, as strided slices: an ONNX export needs no shape ops
+            return torch.cat((x[:, 0::2], self.branch_main(x[:, 1::2])), 1)
+        return torch.cat((self.branch_proj(x), self.branch_main(x)), 1)
+
+
+class ShuffleNetV2Plus(ShuffleNetBase):
+    """ShuffleNetV2+: stem (3x3 s2 conv to 16, h-swish), four stages, 1x1 conv to 1280, head.
+
+    The head (:meth:`forward_head`) is global pooling, SE(1280) on the pooled map, a bias-free
+    Linear 1280 -> 1280 with h-swish, dropout and the bias-free classifier ``fc``.
+
+    Args:
+        stages_out_channels: widths of the four stages (see ``V2_PLUS_WIDTHS``).
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns the hidden FC's).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier (0.2 in the release).
+        blocks: the unit code at each position (see ``V2_PLUS_BLOCKS``).
+        stages_repeats: units per stage (the first of each has stride 2).
+    """
+
+    stage1: nn.Sequential
+
+    def __init__(
+        self,
+        stages_out_channels: Sequence[int] = V2_PLUS_WIDTHS["medium"],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.2,
+        blocks: Sequence[int] = V2_PLUS_BLOCKS,
+        stages_repeats: Sequence[int] = V2_PLUS_REPEATS,
+    ) -> None:
+        super().__init__(in_chans, num_classes, drop_rate, classifier_bias=False)
+        if len(stages_repeats) != 4 or len(stages_out_channels) != 4:
+            raise ValueError(
+                "stages_repeats and stages_out_channels need 4 values each, got "
+                f"{list(stages_repeats)} and {list(stages_out_channels)}"
+            )
+        check_positive(**{f"stages_repeats[{i}]": r for i, r in enumerate(stages_repeats)})
+        check_positive(
+            **{f"stages_out_channels[{i}]": c for i, c in enumerate(stages_out_channels)}
+        )
+        if len(blocks) != sum(stages_repeats):
+            raise ValueError(f"blocks needs {sum(stages_repeats)} values, got {len(blocks)}")
+        hswish = nn.Hardswish
+        self.conv1 = ConvNormAct(in_chans, STEM_WIDTH, 3, 2, act_layer=hswish)
+        self.maxpool = nn.Identity()  # none in V2+; kept so the base's attribute exists
+        in_channels, position = STEM_WIDTH, 0
+        for i, (repeats, width) in enumerate(zip(stages_repeats, stages_out_channels, strict=True)):
+            act_layer, se = (nn.ReLU if i == 0 else hswish), i >= 2
+            units = []
+            for j in range(repeats):
+                stride = 2 if j == 0 else 1
+                unit_in = in_channels if j == 0 else width
+                units.append(
+                    ShufflePlusUnit(
+                        unit_in, width, stride, blocks[position], act_layer=act_layer, se=se
+                    )
+                )
+                position += 1
+            setattr(self, f"stage{i + 1}", nn.Sequential(*units))
+            in_channels = width
+        self.conv_last = ConvNormAct(in_channels, HEAD_WIDTH, 1, act_layer=hswish)
+        self.feature_info = [
+            {"num_chs": c, "reduction": 4 * 2**i, "module": f"stage{i + 1}"}
+            for i, c in enumerate(stages_out_channels)
+        ]
+        self._build_head(HEAD_WIDTH)
+        self.head_se = SqueezeExcite(HEAD_WIDTH)
+        self.head_fc = nn.Sequential(
+            nn.Linear(HEAD_WIDTH, HEAD_WIDTH, bias=False), make_act(hswish)
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The release's scheme: the stem's and SE convs N(0, 0.01), other convs
+        N(0, 1 / input channels per group), BN scale 1 and shift 1e-4, Linear N(0, 0.01)."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d):
+                small = name.startswith("conv1") or ".gate." in name or name.startswith("head_se")
+                std = 0.01 if small else 1.0 / m.weight.shape[1]
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.constant_(m.bias, 1e-4)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.stage1, self.stage2, self.stage3, self.stage4]
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Outputs of stage1..stage4 (strides 4, 8, 16, 32), described by ``feature_info``."""
+        self._check_input(x)
+        x = self.conv1(x)
+        features = []
+        for stage in self._stages():
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The 1280-channel map of ``conv_last``, right before global pooling."""
+        self._check_input(x)
+        x = self.conv1(x)
+        for stage in self._stages():
+            x = stage(x)
+        return self._last_conv(x)
+
+    def _last_conv(self, x: Tensor) -> Tensor:
+        return self.conv_last(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global pool, SE, flatten, hidden FC + h-swish, dropout, classifier (skipped if
+        ``pre_logits``)."""
+        x = torch.flatten(self.head_se(self.global_pool(x)), 1)
+        x = self.dropout(self.head_fc(x))
+        return x if pre_logits else self.fc(x)
+
+
+def shufflenet_v2_plus_small(**kwargs) -> ShuffleNetV2Plus:
+    """ShuffleNetV2+ Small: 156 MFLOPs, 5.1M weights, 25.9% top-1 error (Megvii's release)."""
+    return ShuffleNetV2Plus(V2_PLUS_WIDTHS["small"], **kwargs)
+
+
+def shufflenet_v2_plus_medium(**kwargs) -> ShuffleNetV2Plus:
+    """ShuffleNetV2+ Medium: 222 MFLOPs, 5.7M weights, 24.3% top-1 error (Megvii's release)."""
+    return ShuffleNetV2Plus(V2_PLUS_WIDTHS["medium"], **kwargs)
+
+
+def shufflenet_v2_plus_large(**kwargs) -> ShuffleNetV2Plus:
+    """ShuffleNetV2+ Large: 360 MFLOPs, 6.8M weights, 22.9% top-1 error (Megvii's release)."""
+    return ShuffleNetV2Plus(V2_PLUS_WIDTHS["large"], **kwargs)
+
+
+# Megvii's release: conv + FC multiply-adds at 224x224, parameters, top-1 error.
+for _name, _builder, _size, _mflops, _params, _err in (
+    ("shufflenet_v2_plus_small", shufflenet_v2_plus_small, "Small", 155.8, 5.137116, 25.9),
+    ("shufflenet_v2_plus_medium", shufflenet_v2_plus_medium, "Medium", 222.2, 5.679840, 24.3),
+    ("shufflenet_v2_plus_large", shufflenet_v2_plus_large, "Large", 360.1, 6.768220, 22.9),
+):
+    register_model(
+        ModelInfo(
+            name=_name,
+            family="v2_plus",
+            builder=_builder,
+            description=f"ShuffleNetV2+ {_size}",
+            paper_mflops=_mflops,
+            paper_params_m=_params,
+            paper_top1_err=_err,
+            preprocessing=MEGVII_PREPROCESSING,
+        )
+    )
