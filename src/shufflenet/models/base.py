@@ -15,7 +15,15 @@ from torch import Tensor, nn
 
 from ..preprocessing import MAX_CLASSES, MAX_IN_CHANS
 
-__all__ = ["ConvNormAct", "LayerFactory", "ShuffleNetBase", "check_positive", "make_act"]
+__all__ = [
+    "ConvNormAct",
+    "LayerFactory",
+    "ShuffleNetBase",
+    "check_positive",
+    "check_split_unit",
+    "depthwise_conv",
+    "make_act",
+]
 
 LayerFactory = Callable[..., nn.Module]
 
@@ -42,6 +50,24 @@ def check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def depthwise_conv(channels: int, stride: int, kernel_size: int = 3) -> nn.Conv2d:
+    """A bias-free depthwise ``kernel_size`` conv with "same" padding."""
+    padding = kernel_size // 2
+    return nn.Conv2d(channels, channels, kernel_size, stride, padding, groups=channels, bias=False)
+
+
+def check_split_unit(in_channels: int, out_channels: int, stride: int) -> None:
+    """The widths of a unit that splits its channels in halves (V2 and its descendants)."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if out_channels % 2:
+        raise ValueError(f"output channels must be even to split in halves, got {out_channels}")
+    if stride == 1 and in_channels != out_channels:
+        raise ValueError(
+            f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
+        )
 
 
 class ConvNormAct(nn.Sequential):

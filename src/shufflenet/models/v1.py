@@ -20,7 +20,14 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
+from .base import (
+    ConvNormAct,
+    LayerFactory,
+    ShuffleNetBase,
+    check_positive,
+    depthwise_conv,
+    make_act,
+)
 from .ops import channel_shuffle
 from .registry import ModelInfo, register_model
 
@@ -116,7 +123,7 @@ class ShuffleV1Unit(nn.Module):
         self.layout = layout
         self.gconv1 = nn.Conv2d(in_channels, mid, 1, groups=first_groups, bias=False)
         self.bn1 = norm_layer(mid)
-        self.dwconv = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.dwconv = depthwise_conv(mid, stride)
         self.bn2 = norm_layer(mid)
         self.gconv2 = nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False)
         self.bn3 = norm_layer(branch_out)

@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from ..preprocessing import Preprocessing
-from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
+from .base import (
+    ConvNormAct,
+    LayerFactory,
+    ShuffleNetBase,
+    check_positive,
+    check_split_unit,
+    depthwise_conv,
+    make_act,
+)
 from .ops import channel_shuffle, channel_split, concat_shuffle
 from .registry import ModelInfo, register_model
 
@@ -47,16 +55,12 @@ V2_REPEATS = (4, 8, 4)
 V2_LAYOUTS = ("torchvision", "megvii")
 
 
-def _depthwise(channels: int, stride: int) -> nn.Conv2d:
-    return nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False)
-
-
 def _projection_branch(
     in_channels: int, out_channels: int, stride: int, norm: LayerFactory, act: LayerFactory
 ) -> nn.Sequential:
     """3x3 depthwise (stride) -> BN -> 1x1 conv -> BN -> ReLU: a stride-2 unit's left branch."""
     return nn.Sequential(
-        _depthwise(in_channels, stride),
+        depthwise_conv(in_channels, stride),
         norm(in_channels),
         nn.Conv2d(in_channels, out_channels, 1, bias=False),
         norm(out_channels),
@@ -79,7 +83,7 @@ def _main_branch(
         nn.Conv2d(in_channels, mid, 1, bias=False),
         norm(mid),
         make_act(act),
-        _depthwise(mid, stride),
+        depthwise_conv(mid, stride),
         norm(mid),
         nn.Conv2d(mid, out_channels, 1, bias=False),
         norm(out_channels),
@@ -88,17 +92,6 @@ def _main_branch(
     if se is not None:
         layers.append(se(out_channels))
     return nn.Sequential(*layers)
-
-
-def _check_unit(in_channels: int, out_channels: int, stride: int) -> None:
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
-    if out_channels % 2:
-        raise ValueError(f"output channels must be even to split in halves, got {out_channels}")
-    if stride == 1 and in_channels != out_channels:
-        raise ValueError(
-            f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
-        )
 
 
 class InvertedResidual(nn.Module):
@@ -118,7 +111,7 @@ class InvertedResidual(nn.Module):
         se_layer: LayerFactory | None = None,
     ) -> None:
         super().__init__()
-        _check_unit(in_channels, out_channels, stride)
+        check_split_unit(in_channels, out_channels, stride)
         self.stride = stride
         half = out_channels // 2
         if stride == 2:
@@ -153,7 +146,7 @@ class MegviiInvertedResidual(nn.Module):
         se_layer: LayerFactory | None = None,
     ) -> None:
         super().__init__()
-        _check_unit(in_channels, out_channels, stride)
+        check_split_unit(in_channels, out_channels, stride)
         if stride == 2 and out_channels <= in_channels:
             raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
         self.stride = stride

@@ -20,7 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from ..preprocessing import MEGVII_PREPROCESSING
-from .base import ConvNormAct, LayerFactory, ShuffleNetBase, check_positive, make_act
+from .base import (
+    ConvNormAct,
+    LayerFactory,
+    ShuffleNetBase,
+    check_positive,
+    check_split_unit,
+    depthwise_conv,
+    make_act,
+)
 from .registry import ModelInfo, register_model
 
 __all__ = [
@@ -70,12 +78,6 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
-def _depthwise(channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
-    return nn.Conv2d(
-        channels, channels, kernel_size, stride, kernel_size // 2, groups=channels, bias=False
-    )
-
-
 class ShufflePlusUnit(nn.Module):
     """One V2+ unit: ``block`` 0/1/2 is a shuffle unit with a 3x3/5x5/7x7 depthwise conv, 3 an
     Xception unit (three 3x3 depthwise, BN, 1x1, BN, act steps; stride on the first).
@@ -97,16 +99,9 @@ class ShufflePlusUnit(nn.Module):
         se: bool = False,
     ) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        check_split_unit(in_channels, out_channels, stride)
         if block not in (0, 1, 2, XCEPTION):
             raise ValueError(f"block must be 0, 1, 2 (3x3/5x5/7x7) or 3 (Xception), got {block}")
-        if out_channels % 2:
-            raise ValueError(f"output channels must be even, got {out_channels}")
-        if stride == 1 and in_channels != out_channels:
-            raise ValueError(
-                f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
-            )
         if stride == 2 and out_channels <= in_channels:
             raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
         self.stride = stride
@@ -120,14 +115,14 @@ class ShufflePlusUnit(nn.Module):
         if block == XCEPTION:
             layers = []
             for i, (cin, cout) in enumerate(((branch_in, mid), (mid, mid), (mid, branch_out))):
-                layers += [_depthwise(cin, 3, stride if i == 0 else 1), norm(cin)]
+                layers += [depthwise_conv(cin, stride if i == 0 else 1), norm(cin)]
                 layers += [nn.Conv2d(cin, cout, 1, bias=False), norm(cout), act()]
         else:
             layers = [
                 nn.Conv2d(branch_in, mid, 1, bias=False),
                 norm(mid),
                 act(),
-                _depthwise(mid, kernel, stride),
+                depthwise_conv(mid, stride, kernel),
                 norm(mid),
                 nn.Conv2d(mid, branch_out, 1, bias=False),
                 norm(branch_out),
@@ -138,7 +133,7 @@ class ShufflePlusUnit(nn.Module):
         self.branch_main = nn.Sequential(*layers)
         if stride == 2:
             self.branch_proj = nn.Sequential(
-                _depthwise(in_channels, kernel, stride),
+                depthwise_conv(in_channels, stride, kernel),
                 norm(in_channels),
                 nn.Conv2d(in_channels, in_channels, 1, bias=False),
                 norm(in_channels),
