@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..convert import SOURCES
-from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model
+from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model, output_files
 from ..io import check_output_path
 from ..predict import ENGINES
 from .common import batch_arg, input_size_arg, mb, num_classes_arg, print_json
@@ -44,7 +44,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.weights and (args.layout or args.num_classes is not None):
         raise ValueError("--layout and --num-classes go with --model, not --weights")
     inputs = [args.weights] if args.weights else []
-    for path in _export_files(Path(args.out), args.format, args.int8):
+    for path in output_files(args.out, args.format, args.int8):
         check_output_path(path, "--out", inputs=inputs)
     if args.weights:
         model = load(args.weights)
@@ -90,14 +90,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {args.out} does not match PyTorch (kept for inspection)", file=sys.stderr)
         return 1
     return 0
-
-
-def _export_files(out: Path, format: str, int8: bool) -> list[Path]:
-    """The files an export to ``out`` writes: ncnn's FILE.param, FILE.bin and FILE.json, int8's
-    FILE.int8.onnx beside FILE.onnx."""
-    if format == "ncnn":
-        return [out, out.with_suffix(".bin"), out.with_suffix(".json")]
-    return [out, out.with_name(out.stem + ".int8.onnx")] if int8 else [out]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

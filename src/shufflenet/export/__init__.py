@@ -18,7 +18,7 @@ where.
 """
 
 from .calibration import calibration_data
-from .formats import FORMATS, ExportResult, export_model
+from .formats import FORMATS, ExportResult, export_model, output_files
 from .int8 import (
     INT8_WEIGHTS,
     Int8Report,
@@ -70,6 +70,7 @@ __all__ = [
     "model_metadata",
     "onnx_bytes",
     "ort_session",
+    "output_files",
     "quantize_int8",
     "read_onnx_metadata",
     "sample_inputs",

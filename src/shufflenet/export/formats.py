@@ -16,20 +16,32 @@ from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions
 from ..models.base import ShuffleNetBase
 from ..verification import Verification
 from .calibration import calibration_data
-from .int8 import Int8Result, export_int8, int8_types
+from .int8 import Int8Result, export_int8, int8_path, int8_types
 from .metadata import model_metadata
 from .ncnn import NCNN
 from .onnx import DEFAULT_OPSET, ONNX
 from .spec import ExportFormat, ExportOptions
 from .torchscript import TORCHSCRIPT
 
-__all__ = ["FORMATS", "ExportResult", "export_model"]
+__all__ = ["FORMATS", "ExportResult", "export_model", "output_files"]
 
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ONNX,
     "torchscript": TORCHSCRIPT,
     "ncnn": NCNN,
 }
+
+
+def _format(format: str) -> ExportFormat:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    return FORMATS[format]
+
+
+def output_files(path: str | os.PathLike[str], format: str, int8: bool = False) -> list[Path]:
+    """Every file an export of ``format`` to ``path`` writes (with ``int8``: the int8 file too)."""
+    files = _format(format).files(Path(path))
+    return [*files, int8_path(path)] if int8 else files
 
 
 @dataclass
@@ -72,9 +84,7 @@ def export_model(
     ``calib`` (``"digits"`` or an image folder), a file that passed is also quantized to int8
     with ``int8_weights`` (:func:`~shufflenet.export.export_int8`): ``result.int8``.
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    spec = FORMATS[format]
+    spec = _format(format)
     calibration = None
     if calib is not None:  # int8: checked, and its images loaded, before any file is written
         if not spec.int8:

@@ -40,6 +40,7 @@ __all__ = [
     "compare_int8",
     "default_int8_weights",
     "export_int8",
+    "int8_path",
     "int8_types",
     "quantize_int8",
 ]
@@ -281,6 +282,12 @@ class Int8Result:
         }
 
 
+def int8_path(fp32_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`export_int8` writes the int8 file of ``fp32_path``: ``FILE.int8.onnx``."""
+    path = Path(fp32_path)
+    return path.with_name(path.stem + ".int8.onnx")
+
+
 def export_int8(
     model: ShuffleNetBase,
     fp32_path: str | os.PathLike[str],
@@ -304,18 +311,17 @@ def export_int8(
     is :func:`calibration_data` of ``calib`` at the export's input size, if already loaded.
     """
     activations, weights = int8_types(opset, "uint8", weights)
-    out = Path(fp32_path)
-    int8_path = out.with_name(out.stem + ".int8.onnx")
+    quantized = int8_path(fp32_path)
     if data is None:
         data = calibration_data(calib, model_metadata(model, input_size)["preprocessing"])
     calibration, images, labels = data
     if plain is None:
         plain = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=None)
-    scheme = _quantize(plain, int8_path, calibration, batch, 16, activations, weights)
+    scheme = _quantize(plain, quantized, calibration, batch, 16, activations, weights)
     return Int8Result(
-        path=int8_path,
+        path=quantized,
         calib=calib,
         weights=scheme["weights"],
-        report=compare_int8(out, int8_path, images, labels),
-        layers=graph_layer_errors(plain, int8_path, images, batch),
+        report=compare_int8(fp32_path, quantized, images, labels),
+        layers=graph_layer_errors(plain, quantized, images, batch),
     )

@@ -124,4 +124,9 @@ def _verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[V
     return [verify_ncnn(path, model)]
 
 
-NCNN = ExportFormat("ncnn via pnnx (FILE.param, FILE.bin), checked in ncnn", _export, _verify)
+NCNN = ExportFormat(
+    "ncnn via pnnx (FILE.param, FILE.bin), checked in ncnn",
+    _export,
+    _verify,
+    files=lambda path: list(_ncnn_paths(path)),
+)

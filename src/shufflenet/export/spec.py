@@ -35,10 +35,12 @@ class ExportFormat:
 
     ``export(model, path, options)`` writes the files (the first one is ``path``) and returns
     them; ``verify(path, model, options)`` runs them next to ``model``, the format's own runtime
-    first. ``int8`` says whether :func:`~shufflenet.export.export_int8` can quantize the file.
+    first. ``int8`` says whether :func:`~shufflenet.export.export_int8` can quantize the file;
+    ``files(path)`` lists every file an export to ``path`` writes.
     """
 
     description: str  # one line, for ``shufflenet export --help``
     export: Callable[[ShuffleNetBase, Path, ExportOptions], list[Path]]
     verify: Callable[[Path, ShuffleNetBase, ExportOptions], list[Verification]]
     int8: bool = False
+    files: Callable[[Path], list[Path]] = lambda path: [path]
