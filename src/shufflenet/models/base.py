@@ -101,19 +101,18 @@ class ConvNormAct(nn.Sequential):
 
 
 class ShuffleNetBase(nn.Module):
-    """Shared forward paths and head of V1 and V2.
+    """Shared forward paths and head of every ShuffleNet family.
 
-    Subclasses build ``conv1``, ``maxpool``, ``stage2``..``stage4`` (V2 adds ``conv5`` and
-    overrides :meth:`_last_conv`) and call :meth:`_build_head`. ``feature_info`` describes the
-    four feature maps that :meth:`forward_stages` returns (C2..C5, strides 4 to 32), as
-    detection necks expect.
+    A network is a stem (the modules named in ``stem_names``, run in order), body stages
+    (``stage_names``, run in order), an optional last conv (:meth:`_last_conv`) and the head
+    (:meth:`_build_head`). V1 and V2 have the stem ``conv1``, ``maxpool`` and the stages
+    ``stage2``..``stage4``; other families override the two name tuples. ``feature_info``
+    describes the four feature maps that :meth:`forward_stages` returns (C2..C5, strides 4 to
+    32), each the output of the stem or stage module it names, as detection necks expect.
     """
 
-    conv1: nn.Module
-    maxpool: nn.Module
-    stage2: nn.Sequential
-    stage3: nn.Sequential
-    stage4: nn.Sequential
+    stem_names: tuple[str, ...] = ("conv1", "maxpool")
+    stage_names: tuple[str, ...] = ("stage2", "stage3", "stage4")
 
     def __init__(
         self, in_chans: int, num_classes: int, drop_rate: float, classifier_bias: bool = True
@@ -193,17 +192,21 @@ class ShuffleNetBase(nn.Module):
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Feature maps C2..C5 (strides 4, 8, 16, 32), described by ``feature_info``."""
         self._check_input(x)
-        c2 = self.maxpool(self.conv1(x))
-        c3 = self.stage2(c2)
-        c4 = self.stage3(c3)
-        c5 = self.stage4(c4)
-        return [c2, c3, c4, c5]
+        wanted = [str(info["module"]) for info in self.feature_info]
+        outputs: dict[str, Tensor] = {}
+        for name in (*self.stem_names, *self.stage_names):
+            x = getattr(self, name)(x)
+            if name in wanted:
+                outputs[name] = x
+                if len(outputs) == len(wanted):
+                    break
+        return [outputs[name] for name in wanted]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The feature map right before global pooling (after Conv5 in V2)."""
+        """The feature map right before global pooling (after the last conv, if any)."""
         self._check_input(x)
-        x = self.maxpool(self.conv1(x))
-        x = self.stage4(self.stage3(self.stage2(x)))
+        for name in (*self.stem_names, *self.stage_names):
+            x = getattr(self, name)(x)
         return self._last_conv(x)
 
     def _last_conv(self, x: Tensor) -> Tensor:

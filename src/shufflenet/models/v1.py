@@ -158,6 +158,12 @@ class ShuffleNetV1(ShuffleNetBase):
         norm_layer, act_layer: normalisation and activation of every block (see :mod:`.base`).
     """
 
+    conv1: nn.Sequential
+    maxpool: nn.Module
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(
         self,
         groups: int = 3,

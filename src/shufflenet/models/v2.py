@@ -179,6 +179,12 @@ class ShuffleNetV2(ShuffleNetBase):
         norm_layer, act_layer, se_layer: the blocks' layers (see :class:`InvertedResidual`).
     """
 
+    conv1: nn.Sequential
+    maxpool: nn.Module
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(
         self,
         stages_repeats: Sequence[int] = V2_REPEATS,

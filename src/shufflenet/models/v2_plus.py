@@ -162,6 +162,8 @@ class ShuffleNetV2Plus(ShuffleNetBase):
         stages_repeats: units per stage (the first of each has stride 2).
     """
 
+    stem_names = ("conv1",)
+    stage_names = ("stage1", "stage2", "stage3", "stage4")
     stage1: nn.Sequential
 
     def __init__(
@@ -187,7 +189,6 @@ class ShuffleNetV2Plus(ShuffleNetBase):
             raise ValueError(f"blocks needs {sum(stages_repeats)} values, got {len(blocks)}")
         hswish = nn.Hardswish
         self.conv1 = ConvNormAct(in_chans, STEM_WIDTH, 3, 2, act_layer=hswish)
-        self.maxpool = nn.Identity()  # none in V2+; kept so the base's attribute exists
         in_channels, position = STEM_WIDTH, 0
         for i, (repeats, width) in enumerate(zip(stages_repeats, stages_out_channels, strict=True)):
             act_layer, se = (nn.ReLU if i == 0 else hswish), i >= 2
@@ -232,27 +233,6 @@ class ShuffleNetV2Plus(ShuffleNetBase):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    def _stages(self) -> list[nn.Module]:
-        return [self.stage1, self.stage2, self.stage3, self.stage4]
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Outputs of stage1..stage4 (strides 4, 8, 16, 32), described by ``feature_info``."""
-        self._check_input(x)
-        x = self.conv1(x)
-        features = []
-        for stage in self._stages():
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """The 1280-channel map of ``conv_last``, right before global pooling."""
-        self._check_input(x)
-        x = self.conv1(x)
-        for stage in self._stages():
-            x = stage(x)
-        return self._last_conv(x)
 
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv_last(x)
