@@ -127,3 +127,25 @@ def test_onnx_export_is_static_and_verified(tmp_path):
     assert result.verification.passed
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert not ops & {"Shape", "Size", "NonZero"}, ops  # the even/odd split is strided slices
+
+
+def test_profile_files_se_and_hswish_in_their_own_categories():
+    model = shufflenet.create_model("shufflenet_v2_plus_small")
+    result = shufflenet.profile(model, (3, 64, 64))
+    categories = result.by_category()
+    se = [row for row in result.layers if row.category == "squeeze-excite"]
+    # every SE row sits in an SE block (units of stages 3-4 and the head), and each SE block's
+    # two convs, BN, ReLU, gate, pooling and multiply are all there
+    se_paths = [n for n, m in model.named_modules() if type(m).__name__ == "SqueezeExcite"]
+    module_path = [row.name.split(":")[0] for row in se]
+    assert se and all(any(p.startswith(s) for s in se_paths) for p in module_path)
+    se_blocks = 8 + 4 + 1
+    assert sum(row.kind == "Conv2d" for row in se) == 2 * se_blocks
+    assert sum(row.kind == "mul" for row in se) == se_blocks
+    hswish = [row for row in result.layers if row.category == "h-swish"]
+    assert hswish and all(row.kind == "Hardswish" for row in hswish)
+    assert (
+        "h-swish"
+        not in shufflenet.profile(shufflenet.create_model("shufflenet_v2_x0_5")).by_category()
+    )
+    assert categories["squeeze-excite"]["flops"] > 0

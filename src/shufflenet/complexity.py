@@ -9,7 +9,9 @@ say which module is running. Each op is charged to the innermost module that cal
   transpose) move no data and cost nothing; a copying concat or shuffle is charged in full.
 
 Ops that a module calls directly, not through a child (the concat of a V2 unit, the add of a V1
-unit), get their own row named ``module:op``.
+unit), get their own row named ``module:op``. Rows fall in categories as in V2's Figure 2; a
+module with a ``profile_category`` attribute (the squeeze-excitation blocks) puts every row
+inside it in that category, and h-swish has its own.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def module_category(module: nn.Module) -> str:
         return "linear"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "batchnorm"
-    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Sigmoid, nn.Dropout)):
+    if isinstance(module, nn.Hardswish):
+        return "h-swish"
+    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Hardsigmoid, nn.Dropout)):
         return "element-wise"
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return "pooling"
@@ -148,6 +152,8 @@ class _Counter(TorchDispatchMode):
         self.rows: dict[str, LayerProfile] = {}
         self.leaves: set[str] = set()
         self.modules: dict[str, nn.Module] = {}
+        # path -> the category of its nearest module with ``profile_category`` (SE blocks)
+        self.overrides: dict[str, str] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
@@ -164,6 +170,7 @@ class _Counter(TorchDispatchMode):
             kind, category = type(module).__name__, module_category(module)
         else:
             key, kind, category = f"{path}:{op}", op, op_category(op)
+        category = self.overrides.get(path, category)
         row = self.rows.get(key)
         if row is None:
             shape_in = tuple(inputs[0].shape) if inputs else ()
@@ -182,6 +189,10 @@ def _track_modules(model: nn.Module, counter: _Counter) -> Iterator[None]:
     for name, module in model.named_modules():
         path = name or "model"
         counter.modules[path] = module
+        parent = path.rpartition(".")[0] if name and "." in name else ("model" if name else "")
+        override = getattr(module, "profile_category", None) or counter.overrides.get(parent)
+        if override:
+            counter.overrides[path] = override
         if not any(True for _ in module.children()):
             counter.leaves.add(path)
 

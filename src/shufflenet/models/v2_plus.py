@@ -61,6 +61,8 @@ class SqueezeExcite(nn.Module):
     """Global average pool, 1x1 conv C -> C/4 (no bias), BN, ReLU, 1x1 conv C/4 -> C (no bias),
     hard-sigmoid ``clamp(a + 3, 0, 6) / 6``; the input times that gate."""
 
+    profile_category = "squeeze-excite"  # how shufflenet.profile files its ops
+
     def __init__(self, channels: int, norm_layer: LayerFactory = nn.BatchNorm2d) -> None:
         super().__init__()
         check_positive(channels=channels)
