@@ -256,6 +256,7 @@ NUMERIC_FIELDS = (
     "seed",
     "workers",
     "threads",
+    "freeze_stages",
 )
 ANY_NUMBER = st.one_of(
     st.none(),
@@ -283,6 +284,7 @@ def test_train_config_validation_raises_value_error_or_gives_a_usable_config(val
         assert math.isfinite(getattr(config, name)) and getattr(config, name) >= 0
     for name in ("epochs", "batch_size", "bn_recalibrate", "seed"):
         assert type(getattr(config, name)) is int and getattr(config, name) >= 0
+    assert config.freeze_stages == -1  # freezing needs init_weights, which is not given
 
 
 def test_class_folders_named_with_control_characters_are_refused_up_front(tmp_path):

@@ -5,6 +5,7 @@ from conftest import randomize_bn
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet
+from shufflenet.models import AuxOutputs
 from shufflenet.models.v1 import V1_STAGE2_WIDTHS, ShuffleNetV1, ShuffleV1Unit, v1_widths
 from shufflenet.models.v2 import ShuffleNetV2
 
@@ -25,8 +26,10 @@ def test_forward_backward_non_square(name):
     model = shufflenet.create_model(name, num_classes=7)
     x = torch.randn(2, 3, 48, 64, requires_grad=True)
     out = model(x)
-    assert out.shape == (2, 7)
-    out.square().mean().backward()
+    # training mode: models with auxiliary classifiers return their logits too
+    outputs = [out.logits, *out.aux] if isinstance(out, AuxOutputs) else [out]
+    assert all(o.shape == (2, 7) for o in outputs)
+    sum(o.square().mean() for o in outputs).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in model.parameters())
 

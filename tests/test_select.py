@@ -60,6 +60,8 @@ def test_default_candidates_have_paper_accuracy():
     assert {f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")} <= set(names)
     assert "shufflenet_v1_g3_x2_0" in names and "shufflenet_v1_g1_x2_0" not in names
     assert all(get_model_info(n).paper_top1 is not None for n in names)
+    assert "shufflenet_v2_plus_small" in names
+    assert "shufflenet_v2_large" not in names  # 12.7 GFLOPs: timed only when named
 
 
 def test_cli_select(tmp_path, capsys):

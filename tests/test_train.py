@@ -12,13 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import image_folder
+from conftest import image_folder, randomize_bn
 from safetensors.torch import load_file
 
 import shufflenet
 from shufflenet.cli import build_parser, main
 from shufflenet.evaluate import evaluate_weights
-from shufflenet.train import METRIC_COLUMNS, TrainConfig, fit, lr_factor, param_groups
+from shufflenet.train import (
+    METRIC_COLUMNS,
+    TrainConfig,
+    fit,
+    lr_factor,
+    param_groups,
+    read_run_config,
+)
+from shufflenet.train.files import read_checkpoint
 
 TINY = "shufflenet_v1_g3_x0_25"
 # A few steps at 32x32: seconds per run.
@@ -137,6 +145,39 @@ def test_existing_run_needs_resume_and_the_same_recipe(run, tmp_path, capsys):
     assert again.final.top1 == result.final.top1
 
 
+def test_freeze_stages_fine_tune_keeps_the_frozen_tensors(tmp_path):
+    init = randomize_bn(shufflenet.create_model(TINY, num_classes=10))
+    path = shufflenet.save(init, tmp_path / "init.safetensors")
+    config = TrainConfig(
+        model=TINY, epochs=1, out=str(tmp_path / "run"), init_weights=str(path), **QUICK
+    )
+    with pytest.raises(ValueError, match=r"freeze_stages must be within -1\.\.3"):
+        fit(replace(config, freeze_stages=4))
+    result = fit(replace(config, freeze_stages=1))  # the stem and stage2, with weight decay
+    start, end = load_file(path), load_file(result.model_path)
+    frozen = ("conv1.", "stage2.")
+    assert all(torch.equal(start[k], end[k]) for k in start if k.startswith(frozen))
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert {"stage3.0.bn1.running_mean", "stage4.0.gconv1.weight", "fc.weight"} <= changed
+    checkpoint = read_checkpoint(result.checkpoint_path)
+    assert checkpoint["config"]["freeze_stages"] == 1
+    trainable = sum(not k.startswith(frozen) for k in dict(init.named_parameters()))
+    optimized = sum(len(g["params"]) for g in checkpoint["optimizer"]["param_groups"])
+    assert optimized == trainable
+    assert shufflenet.read_metadata(result.model_path)["model_config"] == {
+        "name": TINY,
+        "num_classes": 10,
+    }
+    # A resume keeps the frozen layers frozen (its BN re-estimation leaves them alone) and
+    # refuses another freeze_stages.
+    assert read_run_config(result.run_dir).freeze_stages == 1
+    with pytest.raises(ValueError, match=r"freeze_stages 0 \(checkpoint: 1\)"):
+        fit(replace(config, freeze_stages=0, resume=True))
+    again = fit(replace(config, freeze_stages=1, resume=True))
+    end = load_file(again.model_path)
+    assert all(torch.equal(start[k], end[k]) for k in start if k.startswith(frozen))
+
+
 def test_cli_train_and_eval(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train", TINY, "--epochs", "1", "--out", str(out), "--no-progress", *QUICK_ARGS]
@@ -186,6 +227,8 @@ def test_help_quotes_the_real_defaults():
         (["train", TINY, "--resume"], "--resume needs --out"),
         (["train", TINY, "--resume", "--out", "/no/such/run"], "no checkpoint to resume"),
         (["eval", "--weights", "/no/such.safetensors"], "no such weights file"),
+        (["train", TINY, "--freeze-stages", "1"], "freeze_stages 1 needs init_weights"),
+        (["train", TINY, "--freeze-stages", "-2"], "freeze_stages must be an integer >= -1"),
     ],
 )
 def test_bad_arguments(argv, message, capsys):
@@ -323,3 +366,43 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert len(_rows(out / "metrics.csv")) == 1
     model = shufflenet.load(out / "model.safetensors")
     assert model.num_classes == 10
+
+
+def test_choose_epochs_from_a_step_budget():
+    from shufflenet.train.schedule import MAX_EPOCHS, MIN_EPOCHS, STEP_BUDGET, choose_epochs
+
+    assert choose_epochs(1437 // 32) == 15  # digits keeps its 15 epochs
+    assert choose_epochs(360 // 32) == 55  # a folder of 360 photos: 605 steps, not 165
+    assert choose_epochs(140 // 32) == 150
+    assert choose_epochs(1) == MAX_EPOCHS and choose_epochs(10**6) == MIN_EPOCHS
+    for steps in range(1, 200):
+        epochs = choose_epochs(steps)
+        assert MIN_EPOCHS <= epochs <= MAX_EPOCHS
+        assert epochs * steps >= STEP_BUDGET or epochs == MAX_EPOCHS
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        choose_epochs(0)
+
+
+def test_epochs_chosen_logged_recorded_and_kept_on_resume(tmp_path, monkeypatch):
+    from shufflenet.train import loop
+
+    seen = []
+
+    def choose(steps):
+        seen.append(steps)
+        return 2
+
+    monkeypatch.setattr(loop, "choose_epochs", choose)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    config = TrainConfig(model=TINY, out=str(out), **{**QUICK, "limit_train_batches": 3})
+    assert config.epochs is None
+    first = fit(replace(config), log=lines.append)
+    assert seen == [3] and first.epochs == 2 and len(first.history) == 2
+    assert any(line.startswith("epochs: 2, chosen for about 600 optimizer steps") for line in lines)
+    assert read_checkpoint(out / "checkpoint.pt")["config"]["epochs"] == 2
+    # resuming without epochs keeps the run's length (nothing left to do); another one is refused
+    again = fit(replace(config, resume=True), log=lines.append)
+    assert again.epochs == 2 and seen == [3]
+    with pytest.raises(ValueError, match="epochs 3"):
+        fit(replace(config, resume=True, epochs=3))

@@ -6,7 +6,7 @@
 """
 
 from .complexity import ModelProfile, profile
-from .models import ModelInfo, create_model, get_model_info, list_models
+from .models import ModelInfo, ShuffleNetFeatures, create_model, get_model_info, list_models
 from .models.ops import channel_shuffle, channel_split, concat_shuffle
 from .models.v1 import ShuffleNetV1
 from .models.v2 import ShuffleNetV2
@@ -17,6 +17,7 @@ __all__ = [
     "ModelInfo",
     "ModelProfile",
     "Preprocessing",
+    "ShuffleNetFeatures",
     "ShuffleNetV1",
     "ShuffleNetV2",
     "channel_shuffle",

@@ -52,11 +52,17 @@ class LayerProfile:
 
 @dataclass
 class ModelProfile:
-    """Per-layer rows and totals for one input size (batch 1)."""
+    """Per-layer rows and totals for one input size (batch 1).
+
+    ``params`` counts the parameters of the modules that the eval-mode forward runs (the
+    network that is deployed); ``total_params`` also counts training-only modules such as
+    SE-ShuffleNet v2-164's auxiliary classifiers.
+    """
 
     input_size: tuple[int, int, int]
     layers: list[LayerProfile] = field(default_factory=list)
     params: int = 0
+    total_params: int = 0
 
     @property
     def flops(self) -> int:
@@ -85,6 +91,7 @@ class ModelProfile:
             "input_size": list(self.input_size),
             "totals": {
                 "params": self.params,
+                "total_params": self.total_params,
                 "flops": self.flops,
                 "mac": self.mac,
                 "mac_bytes": self.mac_bytes,
@@ -152,6 +159,7 @@ class _Counter(TorchDispatchMode):
         self.rows: dict[str, LayerProfile] = {}
         self.leaves: set[str] = set()
         self.modules: dict[str, nn.Module] = {}
+        self.ran: set[str] = set()
         # path -> the category of its nearest module with ``profile_category`` (SE blocks)
         self.overrides: dict[str, str] = {}
 
@@ -198,6 +206,7 @@ def _track_modules(model: nn.Module, counter: _Counter) -> Iterator[None]:
 
         def pre(_m: nn.Module, _inp: Any, path: str = path) -> None:
             counter.stack.append(path)
+            counter.ran.add(path)
 
         def post(_m: nn.Module, inp: Any, out: Any, path: str = path) -> None:
             counter.stack.pop()
@@ -250,5 +259,8 @@ def profile(
         if row.name in counter.leaves:
             row.params = sum(p.numel() for p in counter.modules[row.name].parameters(recurse=False))
         result.layers.append(row)
-    result.params = sum(p.numel() for p in model.parameters())
+    result.params = sum(
+        p.numel() for path in counter.ran for p in counter.modules[path].parameters(recurse=False)
+    )
+    result.total_params = sum(p.numel() for p in model.parameters())
     return result

@@ -6,34 +6,52 @@ parameter shape fits (or the one named), loaded strictly, and saved with the sou
 preprocessing and the ImageNet class names for 1000-class weights.
 
 * ``torchvision``: V2 state dicts (``.pth``); the names are already ours (default layout).
-* ``megvii``: the official release's V1 and V2 checkpoints, ``{'state_dict': ...}`` with
-  ``module.`` prefixes. Their units differ in structure from the paper/torchvision ones, so they
-  load into ``layout="megvii"`` models, which compute exactly what the official networks do.
-  Their input is BGR 0-255 without normalisation (:data:`MEGVII_PREPROCESSING`).
+* ``megvii``: the official release's checkpoints, ``{'state_dict': ...}`` with ``module.``
+  prefixes: V1 and V2, whose units differ in structure from the paper/torchvision ones, so they
+  load into ``layout="megvii"`` models, which compute exactly what the official networks do;
+  ShuffleNetV2+ (Small, Medium, Large: the size is read from the shapes) and ShuffleNetV2.Large
+  (SE-ShuffleNet v2-164; with its auxiliary classifiers if the checkpoint has them), whose
+  families follow the release. Their input is BGR 0-255 without normalisation
+  (:data:`MEGVII_PREPROCESSING`).
 
-Megvii key mapping (``N`` counts the units of all stages, 4 + 8 + 4):
+Megvii key mapping (V1/V2: ``N`` counts the units of all stages, 4 + 8 + 4, ``s`` from 2; V2+:
+4 + 4 + 8 + 4, ``s`` from 1; V2.Large: ``Pa`` is the ``a``-th unit of stage ``P``, 2..5):
 
-====================================  ==========================================
-Megvii                                 ours
-====================================  ==========================================
-``first_conv.{0,1}``                   ``conv1.{0,1}``
-V2 ``features.N.branch_main.k``        ``stage{s}.{i}.branch2.k``
-V2 ``features.N.branch_proj.k``        ``stage{s}.{i}.branch1.k``
-V2 ``conv_last.{0,1}``                 ``conv5.{0,1}``
-V1 ``features.N.branch_main_1.{0,1}``  ``stage{s}.{i}.gconv1``, ``.bn1``
-V1 ``features.N.branch_main_1.{3,4}``  ``stage{s}.{i}.dwconv``, ``.bn2``
-V1 ``features.N.branch_main_2.{0,1}``  ``stage{s}.{i}.gconv2``, ``.bn3``
-``classifier.0.weight``                ``fc.weight`` (no bias)
-====================================  ==========================================
+=============================================  ============================================
+Megvii                                          ours
+=============================================  ============================================
+``first_conv.{0,1}``                            ``conv1.{0,1}``
+V2 ``features.N.branch_main.k``                 ``stage{s}.{i}.branch2.k``
+V2 ``features.N.branch_proj.k``                 ``stage{s}.{i}.branch1.k``
+V2 ``conv_last.{0,1}``                          ``conv5.{0,1}``
+V1 ``features.N.branch_main_1.{0,1}``           ``stage{s}.{i}.gconv1``, ``.bn1``
+V1 ``features.N.branch_main_1.{3,4}``           ``stage{s}.{i}.dwconv``, ``.bn2``
+V1 ``features.N.branch_main_2.{0,1}``           ``stage{s}.{i}.gconv2``, ``.bn3``
+``classifier.0.weight``                         ``fc.weight`` (no bias)
+V2+ ``features.N.branch_{main,proj}.k``         ``stage{s}.{i}.branch_{main,proj}.k``
+V2+ ``...branch_main.k.SE_opr.{1,2,4}``         ``...branch_main.k.gate.{1,2,4}``
+V2+ ``conv_last.{0,1}``                         ``conv_last.{0,1}``
+V2+ ``LastSE.SE_opr.{1,2,4}``                   ``head_se.gate.{1,2,4}``
+V2+ ``fc.0.weight``                             ``head_fc.0.weight``
+V2.Large ``first_conv.k.{conv,bn}``             ``conv1.k.{0,1}``
+V2.Large ``features.{P-2}.Pa.{proj,down}``      ``stage{P}.{a}.{proj,down}`` (``a``: 0, 1, ...)
+V2.Large ``...Pa.branch_main.k.{conv,bn}``      ``stage{P}.{a}.branch_main.k.{0,1}``
+V2.Large ``...Pa.se_fc{1,2}``                   ``stage{P}.{a}.se.fc{1,2}``
+V2.Large ``...Pa.se_block.{0,2}``               dropped: the same tensors as ``se_fc{1,2}``
+V2.Large ``predict_{56,28,14}.conv.k.{conv,bn}`` ``aux_heads.stage{2,3,4}.conv.k.{0,1}``
+V2.Large ``predict_{56,28,14}.fc``              ``aux_heads.stage{2,3,4}.fc``
+V2.Large ``conv_last.{conv,bn}``, ``fc``        ``conv_last.{0,1}``, ``fc`` (with bias)
+=============================================  ============================================
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,15 +61,19 @@ from .io import check_output_path
 from .models import create_model, get_model_info, list_models
 from .models.v1 import V1_REPEATS
 from .models.v2 import V2_REPEATS
+from .models.v2_plus import V2_PLUS_REPEATS
 from .preprocessing import MEGVII_PREPROCESSING, imagenet_classes
 from .weights import check_model_kwargs, load_state_dict_checked, printable, save
 
 __all__ = [
     "SOURCES",
     "ConvertResult",
+    "Detected",
     "convert_checkpoint",
     "megvii_v1_filter",
     "megvii_v2_filter",
+    "megvii_v2_large_filter",
+    "megvii_v2_plus_filter",
     "read_checkpoint",
     "torchvision_filter",
 ]
@@ -93,9 +115,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _unit(index: int, stage_repeats: tuple[int, ...]) -> str:
+def _unit(index: int, stage_repeats: tuple[int, ...], first_stage: int = 2) -> str:
     """``stage{s}.{i}`` for the ``index``-th unit counted over all stages."""
-    for stage, repeats in enumerate(stage_repeats, start=2):
+    for stage, repeats in enumerate(stage_repeats, start=first_stage):
         if index < repeats:
             return f"stage{stage}.{index}"
         index -= repeats
@@ -165,27 +187,140 @@ def megvii_v1_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     )
 
 
-Filter = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+def megvii_v2_plus_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official ShuffleNetV2+ names -> ours (:mod:`shufflenet.models.v2_plus` kept the release's
+    indices); see the module docstring."""
 
+    def unit(m: re.Match[str]) -> str:
+        rest = m[2].replace(".SE_opr.", ".gate.")
+        return f"{_unit(int(m[1]), V2_PLUS_REPEATS, first_stage=1)}.{rest}"
 
-def _torchvision(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
-    return "shufflenet_v2_x*", "torchvision", torchvision_filter
-
-
-def _megvii(state_dict: dict[str, Tensor]) -> tuple[str, str, Filter]:
-    if any(".branch_main_1." in k for k in state_dict):
-        return "shufflenet_v1_*", "megvii", megvii_v1_filter
-    if any(".branch_main." in k for k in state_dict):
-        return "shufflenet_v2_x*", "megvii", megvii_v2_filter
-    raise ValueError(
-        "not a Megvii ShuffleNet V1/V2 checkpoint: no features.N.branch_main(_1) keys; first "
-        f"keys: {', '.join(map(printable, list(state_dict)[:3]))}"
+    return _rename(
+        state_dict,
+        [
+            *_SHARED_RULES,
+            (r"^fc\.0\.", lambda m: "head_fc.0."),
+            (r"^LastSE\.SE_opr\.", lambda m: "head_se.gate."),
+            (r"^features\.(\d+)\.(.+)$", unit),
+        ],
     )
 
 
-# Where checkpoints come from: source -> (model name pattern, layout, key filter) of a state dict.
+# V2.Large's auxiliary classifiers are named by the side of their input at 224x224.
+_LARGE_AUX = {"predict_56": "stage2", "predict_28": "stage3", "predict_14": "stage4"}
+_LARGE_SE_TWINS = {"0": "se_fc1", "2": "se_fc2"}
+_LARGE_SE = {"se_fc1": "se.fc1", "se_fc2": "se.fc2"}
+
+
+def _drop_se_duplicates(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """V2.Large holds each SE layer twice, as ``se_fc{1,2}`` and ``se_block.{0,2}``: keep one
+    (``ValueError`` if the two differ)."""
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"^(.+)\.se_block\.([02])\.(weight|bias)$", key)
+        if m is None:
+            out[key] = value
+            continue
+        twin = f"{m[1]}.{_LARGE_SE_TWINS[m[2]]}.{m[3]}"
+        if twin not in state_dict:
+            out[twin] = value  # only the Sequential's copy: keep it under the layer's name
+        elif state_dict[twin].shape != value.shape or not torch.equal(state_dict[twin], value):
+            raise ValueError(
+                f"{printable(key)} differs from {printable(twin)}: the checkpoint's two copies "
+                "of this squeeze-excitation layer disagree"
+            )
+    return out
+
+
+def megvii_v2_large_filter(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official ShuffleNetV2.Large names -> ours (:mod:`shufflenet.models.v2_large`); see the
+    module docstring. The release's duplicate SE keys are dropped once checked equal."""
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^first_conv\.", "conv1.", key)
+        m = re.match(r"^features\.(\d+)\.(\d+)([a-z])\.", key)
+        if m and int(m[2]) == int(m[1]) + 2:  # features.0.2a. -> stage2.0.
+            key = f"stage{m[2]}.{ord(m[3]) - ord('a')}." + key[m.end() :]
+        key = re.sub(r"\.(se_fc[12])\.", lambda m: f".{_LARGE_SE[m[1]]}.", key)
+        m = re.match(r"^(predict_\d+)\.", key)
+        if m and m[1] in _LARGE_AUX:
+            key = f"aux_heads.{_LARGE_AUX[m[1]]}." + key[m.end() :]
+        # Conv_BN_ReLU's conv/bn -> ConvNormAct's 0/1
+        return re.sub(
+            r"\.(conv|bn)\.(weight|bias|running_mean|running_var|num_batches_tracked)$",
+            lambda m: f".{0 if m[1] == 'conv' else 1}.{m[2]}",
+            key,
+        )
+
+    return {rename(k): v for k, v in _drop_se_duplicates(state_dict).items()}
+
+
+Filter = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What a source's checkpoint holds: a description, the pattern of the registered models it
+    may fit, the layout of its units (as :class:`ConvertResult` reports it), its key filter and
+    the constructor arguments it needs besides ``num_classes`` and ``in_chans``."""
+
+    description: str
+    pattern: str
+    layout: str
+    filter: Filter
+    kwargs: dict[str, object] = field(default_factory=dict)
+
+
+def _torchvision(state_dict: dict[str, Tensor]) -> Detected:
+    # the default layout, not passed: model_config stays as plain as torchvision's
+    return Detected(
+        "torchvision ShuffleNet V2", "shufflenet_v2_x*", "torchvision", torchvision_filter
+    )
+
+
+def _megvii(state_dict: dict[str, Tensor]) -> Detected:
+    keys = list(state_dict)
+    if any(".branch_main_1." in k for k in keys):
+        return Detected(
+            "Megvii ShuffleNet V1",
+            "shufflenet_v1_*",
+            "megvii",
+            megvii_v1_filter,
+            kwargs={"layout": "megvii"},
+        )
+    if "first_conv.0.conv.weight" in state_dict or any(".se_fc1." in k for k in keys):
+        aux = any(k.split(".", 1)[0] in _LARGE_AUX for k in keys)
+        return Detected(
+            "Megvii ShuffleNetV2.Large",
+            "shufflenet_v2_large",
+            "megvii",
+            megvii_v2_large_filter,
+            kwargs={"aux_logits": aux},
+        )
+    branches = any(".branch_main." in k for k in keys)
+    if any(k.startswith("LastSE.") or ".SE_opr." in k for k in keys) or (
+        branches and "fc.0.weight" in state_dict and "conv_last.0.weight" in state_dict
+    ):
+        return Detected(
+            "Megvii ShuffleNetV2+", "shufflenet_v2_plus_*", "megvii", megvii_v2_plus_filter
+        )
+    if branches:
+        return Detected(
+            "Megvii ShuffleNet V2",
+            "shufflenet_v2_x*",
+            "megvii",
+            megvii_v2_filter,
+            kwargs={"layout": "megvii"},
+        )
+    raise ValueError(
+        "not a Megvii ShuffleNet V1/V2/V2+/V2.Large checkpoint: no features.N.branch_main(_1) "
+        f"keys; first keys: {', '.join(map(printable, keys[:3]))}"
+    )
+
+
+# Where checkpoints come from: source -> what a state dict of it is (:class:`Detected`).
 # A new source is one entry here plus its filter.
-SOURCES: dict[str, Callable[[dict[str, Tensor]], tuple[str, str, Filter]]] = {
+SOURCES: dict[str, Callable[[dict[str, Tensor]], Detected]] = {
     "torchvision": _torchvision,
     "megvii": _megvii,
 }
@@ -200,12 +335,16 @@ def _shape_matches(name: str, kwargs: dict[str, object], state_dict: dict[str, T
 
 def _best_model(pattern: str, kwargs: dict[str, object], state_dict: dict[str, Tensor]) -> str:
     """The registered model (matching ``pattern``) whose shapes fit ``state_dict`` best."""
-    return max(list_models(pattern), key=lambda n: _shape_matches(n, kwargs, state_dict))
+    names = list_models(pattern)
+    if len(names) == 1:
+        return names[0]
+    return max(names, key=lambda n: _shape_matches(n, kwargs, state_dict))
 
 
 @dataclass
 class ConvertResult:
-    """What :func:`convert_checkpoint` wrote."""
+    """What :func:`convert_checkpoint` wrote (``layout``: the units' layout of the source,
+    ``megvii`` for every Megvii checkpoint, V2+ and V2.Large included, which have no other)."""
 
     path: Path
     model: str
@@ -234,10 +373,11 @@ def convert_checkpoint(
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     check_output_path(dst, "dst", inputs=[src])
     raw = read_checkpoint(src)
-    pattern, layout, filter_fn = SOURCES[source](raw)
-    state_dict = filter_fn(raw)
-    fc, stem = state_dict.get("fc.weight"), state_dict.get("conv1.0.weight")
-    kwargs: dict[str, object] = {"layout": layout}
+    detected = SOURCES[source](raw)
+    state_dict = detected.filter(raw)
+    fc = state_dict.get("fc.weight")
+    stem = state_dict.get("conv1.0.weight", state_dict.get("conv1.0.0.weight"))
+    kwargs: dict[str, object] = dict(detected.kwargs)
     if fc is not None and fc.dim() == 2:
         kwargs["num_classes"] = fc.shape[0]
     if stem is not None and stem.dim() == 4:
@@ -246,14 +386,17 @@ def convert_checkpoint(
         check_model_kwargs(kwargs)
     except ValueError as e:
         raise ValueError(
-            f"{src}: {e} (read from the shapes of fc.weight, conv1.0.weight)"
+            f"{src}: {e} (read from the shapes of fc.weight and the stem's first conv)"
         ) from None
     if model is None:
-        model = _best_model(pattern, kwargs, state_dict)
+        model = _best_model(detected.pattern, kwargs, state_dict)
     else:
         get_model_info(model)  # unknown names raise with suggestions
-    if layout == "torchvision":
-        del kwargs["layout"]  # the default: keep model_config as plain as torchvision's
+        if not fnmatch.fnmatchcase(model, detected.pattern):
+            raise ValueError(
+                f"{src} is a {detected.description} checkpoint: model must be one of "
+                f"{', '.join(list_models(detected.pattern))}, got {model}"
+            )
     net = create_model(model, **kwargs)
     for key, value in net.state_dict().items():  # older checkpoints predate this BN counter
         if key.endswith("num_batches_tracked") and key not in state_dict:
@@ -271,4 +414,4 @@ def convert_checkpoint(
         preprocessing=preprocessing,
         converted_from={"source": source, "file": Path(src).name},
     )
-    return ConvertResult(path, model, layout, net.num_classes, source)
+    return ConvertResult(path, model, detected.layout, net.num_classes, source)

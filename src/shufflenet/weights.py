@@ -28,6 +28,7 @@ from torch import nn
 
 from .io import atomic_path
 from .models import create_model, get_model_info
+from .models.backbone import ShuffleNetFeatures
 from .models.base import ShuffleNetBase
 from .preprocessing import (
     MAX_CLASSES,
@@ -54,7 +55,23 @@ __all__ = [
 
 FORMAT = "shufflenet/1"
 # The keys a model_config may hold: the registry name and the constructor arguments.
-CONFIG_KEYS = ("name", "num_classes", "in_chans", "drop_rate", "layout")
+CONFIG_KEYS = (
+    "name",
+    "num_classes",
+    "in_chans",
+    "drop_rate",
+    "layout",
+    "aux_logits",
+    "frozen_stages",  # the backbone options of models.backbone (training behaviour)
+    "norm_eval",
+)
+# A features_only backbone is not saved: its classification model's weights fit it.
+_FEATURES_HINT = (
+    "weights files hold classification models: save the whole model (its weights fit a "
+    "backbone key for key) and build the backbone with "
+    "ShuffleNetFeatures(shufflenet.load(path), out_indices=...)"
+)
+MAX_FROZEN_STAGES = 64  # a bound for files; the network checks its own number of stages
 MAX_RESIZE = 2 * MAX_INPUT_SIZE  # the shorter side before the centre crop
 _PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
 _REQUIRED_PREPROCESSING = ("input_size", "mean", "std", "scale")
@@ -91,8 +108,10 @@ def _finite(value: Any) -> float | None:
 
 def check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
     """The constructor arguments of a ``model_config`` (all but ``name``): known keys, and
-    ``num_classes``, ``in_chans``, ``drop_rate``, ``layout`` of the right types and within
-    bounds; ``ValueError`` naming the argument otherwise."""
+    ``num_classes``, ``in_chans``, ``drop_rate``, ``layout``, ``aux_logits`` of the right types
+    and within bounds; ``ValueError`` naming the argument otherwise."""
+    if "features_only" in kwargs or "out_indices" in kwargs:
+        raise ValueError(f"features_only and out_indices are not stored: {_FEATURES_HINT}")
     unknown = [_show(key) for key in kwargs if key not in CONFIG_KEYS[1:]]
     if unknown:
         raise ValueError(
@@ -108,6 +127,12 @@ def check_model_kwargs(kwargs: Mapping[str, Any]) -> None:
             raise ValueError(f"drop_rate must be in [0, 1), got {_show(kwargs['drop_rate'])}")
     if "layout" in kwargs and not isinstance(kwargs["layout"], str):
         raise ValueError(f"layout must be a string, got {_show(kwargs['layout'])}")
+    if "aux_logits" in kwargs and not isinstance(kwargs["aux_logits"], bool):
+        raise ValueError(f"aux_logits must be true or false, got {_show(kwargs['aux_logits'])}")
+    if "frozen_stages" in kwargs:
+        _integer(kwargs["frozen_stages"], "frozen_stages", -1, MAX_FROZEN_STAGES)
+    if "norm_eval" in kwargs and not isinstance(kwargs["norm_eval"], bool):
+        raise ValueError(f"norm_eval must be true or false, got {_show(kwargs['norm_eval'])}")
 
 
 def _check_model_config(config: Any) -> None:
@@ -281,6 +306,8 @@ def save(
     refuses is never written.
     """
     config = getattr(model, "model_config", None)
+    if isinstance(model, ShuffleNetFeatures):
+        raise ValueError(f"cannot save a features_only backbone: {_FEATURES_HINT}")
     if not isinstance(model, ShuffleNetBase) or not config:
         raise ValueError(
             "cannot save a model without model_config: build it with shufflenet.create_model"
@@ -394,8 +421,9 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     metadata = read_metadata(path)
     config = dict(metadata["model_config"])
     try:
-        model = create_model(config.pop("name"), **config)
-    except ValueError as e:  # what the constructor checks itself, such as the layout
+        model = create_model(config.pop("name"), features_only=False, **config)
+    except (ValueError, TypeError) as e:  # what the constructor checks itself (the layout),
+        # or an argument that this architecture does not take (aux_logits for V1)
         raise ValueError(f"{path}: model_config: {e}") from None
     try:
         _check_num_classes(metadata["num_classes"], model.num_classes)

@@ -13,6 +13,8 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
     from ..complexity import profile
     from ..models import create_model, get_model_info, list_models
 
@@ -22,7 +24,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     for name in names:
         info = get_model_info(name)
-        stats = profile(create_model(name), (3, 224, 224))
+        with torch.device("meta"):  # shapes only: parameters and FLOPs need no weights
+            model = create_model(name)
+        stats = profile(model, (3, 224, 224))
         records.append(
             {
                 "name": name,

@@ -89,7 +89,11 @@ def add_parsers(sub: Any) -> None:
     opt = functools.partial(p.add_argument, default=argparse.SUPPRESS)
     flag = functools.partial(opt, action="store_true")
     opt("--data", help="'digits' (embedded, default) or a folder with train/ and val/ inside")
-    opt("--epochs", type=int, help="default 15")
+    opt(
+        "--epochs",
+        type=int,
+        help="default: about 600 optimizer steps, 15 to 200 epochs (15 for digits)",
+    )
     opt("--batch-size", type=int, help="global batch over all processes (default 32)")
     opt("--lr", type=float, help="peak learning rate (default 0.5 x batch/1024, as the paper)")
     opt("--momentum", type=float, help="default 0.9")
@@ -111,6 +115,13 @@ def add_parsers(sub: Any) -> None:
         help="re-estimate BN statistics on BATCHES batches at the end (default 20; 0: off)",
     )
     opt("--init-weights", metavar="FILE", help="start from these weights (fine-tuning)")
+    opt(
+        "--freeze-stages",
+        type=int,
+        metavar="K",
+        help="with --init-weights: keep the stem and the first K stages as loaded, weights and "
+        "BN statistics (0: the stem only; default -1: none)",
+    )
     opt("--limit-train-batches", type=int, metavar="N", help="at most N batches per epoch")
     flag("--skip-bad-images", help="skip unreadable image files instead of stopping")
     opt("--seed", type=int, help="default 0")

@@ -1,18 +1,27 @@
 """The networks: channel ops, shared blocks, the registry, and one module per family.
 
-Importing this package registers every family (a new family is a module here, imported below).
+Importing this package registers every family (a new family is a module here, imported below)
+and, where timm is installed, makes them timm models too (:mod:`.timm_interop`).
 """
 
-from . import v1, v2, v2_plus
+from . import timm_interop, v1, v2, v2_large, v2_plus
+from .backbone import FeatureInfo, ShuffleNetFeatures
+from .base import AuxOutputs
 from .registry import ModelInfo, create_model, get_model_info, list_models, register_model
 
 __all__ = [
+    "AuxOutputs",
+    "FeatureInfo",
     "ModelInfo",
+    "ShuffleNetFeatures",
     "create_model",
     "get_model_info",
     "list_models",
     "register_model",
     "v1",
     "v2",
+    "v2_large",
     "v2_plus",
 ]
+
+timm_interop.install()  # after every family has registered

@@ -8,7 +8,7 @@ channel count) and ``act_layer`` (a class such as ``nn.ReLU`` or ``nn.Hardswish`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..preprocessing import MAX_CLASSES, MAX_IN_CHANS
 
 __all__ = [
+    "AuxOutputs",
     "ConvNormAct",
     "LayerFactory",
     "ShuffleNetBase",
@@ -23,9 +24,19 @@ __all__ = [
     "check_split_unit",
     "depthwise_conv",
     "make_act",
+    "set_norms_eval",
 ]
 
 LayerFactory = Callable[..., nn.Module]
+
+
+class AuxOutputs(NamedTuple):
+    """What a model with auxiliary classifiers returns in training mode (torchvision's Inception
+    v3 convention): the main ``logits`` and the auxiliary heads' logits, in the order of the
+    model's ``aux_loss_weights``. In eval mode such a model returns the logits tensor only."""
+
+    logits: Tensor
+    aux: tuple[Tensor, ...]
 
 
 def make_act(act_layer: LayerFactory) -> nn.Module:
@@ -43,6 +54,15 @@ def _check_num_classes(num_classes: int) -> None:
             f"num_classes must be an integer within 0..{MAX_CLASSES} (0: no classifier), got "
             f"{num_classes!r}"
         )
+
+
+def set_norms_eval(module: nn.Module, names: tuple[str, ...]) -> None:
+    """Put the BatchNorms inside the submodules ``names`` of ``module`` in eval mode (``""``:
+    all of them), so that they normalise with, and never update, their running statistics."""
+    for name in names:
+        for m in module.get_submodule(name).modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def check_positive(**values: int) -> None:
@@ -68,6 +88,23 @@ def check_split_unit(in_channels: int, out_channels: int, stride: int) -> None:
         raise ValueError(
             f"a stride-1 unit keeps its width, got {in_channels} -> {out_channels} channels"
         )
+
+
+def megvii_init(root: nn.Module, small_std: Callable[[str], bool], prefix: str = "") -> None:
+    """Megvii's release init of ``root``'s modules: convs N(0, 0.01) where ``small_std(name)``
+    (the stem, SE convs) and N(0, 1 / input channels per group) otherwise, BN scale 1 and shift
+    1e-4, Linear N(0, 0.01); biases 0. ``prefix`` starts the names, as in ``named_modules``."""
+    for name, m in root.named_modules(prefix=prefix):
+        if isinstance(m, nn.Conv2d):
+            std = 0.01 if small_std(name) else 1.0 / m.weight.shape[1]
+            nn.init.normal_(m.weight, 0.0, std)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, 1e-4)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+        if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class ConvNormAct(nn.Sequential):
@@ -134,6 +171,8 @@ class ShuffleNetBase(nn.Module):
         self.model_config: dict[str, Any] = {}
         # Metadata of the weights file this model was loaded from (``shufflenet.load``).
         self.weights_metadata: dict[str, Any] = {}
+        # Submodules whose BatchNorms stay in eval mode in training (models.backbone sets them).
+        self.eval_norms: tuple[str, ...] = ()
 
     # -- construction helpers -------------------------------------------------------------
     def _build_head(self, num_features: int) -> None:
@@ -182,6 +221,14 @@ class ShuffleNetBase(nn.Module):
             nn.init.normal_(self.fc.weight, 0.0, 0.01)
             if self.fc.bias is not None:
                 nn.init.zeros_(self.fc.bias)
+
+    def train(self, mode: bool = True) -> ShuffleNetBase:
+        """Training mode, except the BatchNorms inside ``eval_norms`` (frozen stages,
+        ``norm_eval``: see :mod:`shufflenet.models.backbone`), which stay in eval mode."""
+        super().train(mode)
+        if mode:
+            set_norms_eval(self, self.eval_norms)
+        return self
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_chans:

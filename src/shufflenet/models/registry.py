@@ -13,9 +13,10 @@ import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..preprocessing import Preprocessing
+from .backbone import ShuffleNetFeatures, apply_backbone_options
 from .base import ShuffleNetBase
 
 __all__ = [
@@ -78,14 +79,48 @@ def get_model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def create_model(name: str, **kwargs: Any) -> ShuffleNetBase:
+@overload
+def create_model(
+    name: str, *, features_only: Literal[True], **kwargs: Any
+) -> ShuffleNetFeatures: ...
+@overload
+def create_model(name: str, *, features_only: Literal[False], **kwargs: Any) -> ShuffleNetBase: ...
+@overload
+def create_model(
+    name: str, *, features_only: bool, **kwargs: Any
+) -> ShuffleNetBase | ShuffleNetFeatures: ...
+@overload
+def create_model(name: str, **kwargs: Any) -> ShuffleNetBase: ...
+def create_model(
+    name: str, *, features_only: bool = False, **kwargs: Any
+) -> ShuffleNetBase | ShuffleNetFeatures:
     """Build the registered model ``name`` with random weights.
 
-    Keyword arguments go to the network (``num_classes``, ``in_chans``, ``drop_rate``, ...). The
-    model remembers how it was built in ``model.model_config`` so that ``shufflenet.save`` can
-    record it and ``shufflenet.load`` can rebuild it.
+    Keyword arguments go to the network (``num_classes``, ``in_chans``, ``drop_rate``, ...),
+    except the backbone options (:mod:`.backbone`): ``frozen_stages`` (-1: none, 0: the stem,
+    k: the stem and the first k stages) and ``norm_eval`` (every BatchNorm stays in eval mode
+    while training), and with ``features_only=True`` ``out_indices`` (of the feature maps
+    C2..C5, default all four): then the model is a :class:`~.backbone.ShuffleNetFeatures`
+    returning those maps as a list, without the layers after the last one.
+
+    The model remembers how it was built in ``model.model_config`` so that ``shufflenet.save``
+    can record it and ``shufflenet.load`` can rebuild it (``features_only`` models excepted:
+    save the classification model; its weights fit the backbone).
     """
     info = get_model_info(name)
+    if not isinstance(features_only, bool):
+        raise ValueError(f"features_only must be True or False, got {features_only!r}")
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices chooses feature maps: it needs features_only=True")
+    options: dict[str, Any] = {
+        k: kwargs.pop(k) for k in ("frozen_stages", "norm_eval") if k in kwargs
+    }
     model = info.builder(**kwargs)
     model.model_config = {"name": name, **kwargs}
-    return model
+    if features_only:
+        if out_indices is None:
+            out_indices = tuple(range(len(model.feature_info)))
+        return ShuffleNetFeatures(model, out_indices, **options)
+    model.model_config.update(options)
+    return apply_backbone_options(model, **options)

@@ -28,6 +28,7 @@ from .base import (
     check_split_unit,
     depthwise_conv,
     make_act,
+    megvii_init,
 )
 from .registry import ModelInfo, register_model
 
@@ -221,20 +222,7 @@ class ShuffleNetV2Plus(ShuffleNetBase):
     def init_weights(self) -> None:
         """The release's scheme: the stem's and SE convs N(0, 0.01), other convs
         N(0, 1 / input channels per group), BN scale 1 and shift 1e-4, Linear N(0, 0.01)."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Conv2d):
-                small = name.startswith("conv1") or ".gate." in name or name.startswith("head_se")
-                std = 0.01 if small else 1.0 / m.weight.shape[1]
-                nn.init.normal_(m.weight, 0.0, std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.constant_(m.bias, 1e-4)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        megvii_init(self, lambda n: n.startswith(("conv1", "head_se")) or ".gate." in n)
 
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv_last(x)

@@ -43,7 +43,7 @@ FOLDER_IMAGE_SIZE = 224
 # Beyond this, torch's seeding overflows.
 MAX_SEED = 2**32 - 1
 # The integer fields for which None means "the default".
-OPTIONAL_COUNTS = ("limit_train_batches", "workers", "threads")
+OPTIONAL_COUNTS = ("epochs", "limit_train_batches", "workers", "threads")
 
 
 @dataclass
@@ -57,15 +57,20 @@ class TrainConfig:
     ``threads`` sets PyTorch's CPU threads for the run; ``None`` on CPU means
     :func:`shufflenet.device.idle_threads` (the checkpoint records the number, so a CLI resume
     reuses it). ``limit_train_batches`` caps the batches per epoch (quick trials).
+    ``epochs`` ``None`` chooses the length from the data: about 600 optimizer steps, 15 to 200
+    epochs (:func:`~shufflenet.train.schedule.choose_epochs`; 15 for digits); the run logs the
+    choice and its checkpoint records it.
     ``bn_recalibrate`` is the number of batches for the final BN-statistics pass, as the
     official release does (0: none). ``init_weights`` starts from a ``shufflenet.save`` file of
-    the same architecture (fine-tuning; a classifier of another size is replaced).
+    the same architecture (fine-tuning; a classifier of another size is replaced);
+    ``freeze_stages`` K >= 0 then keeps the stem and the first K stages as loaded, weights and
+    BN statistics (-1: nothing frozen; see :mod:`shufflenet.models.backbone`).
     """
 
     model: str = "shufflenet_v2_x0_5"
     data: str = DIGITS
     out: str | None = None
-    epochs: int = 15
+    epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
     momentum: float = 0.9
@@ -78,6 +83,7 @@ class TrainConfig:
     drop_rate: float = 0.0
     bn_recalibrate: int = 20
     init_weights: str | None = None
+    freeze_stages: int = -1
     limit_train_batches: int | None = None
     skip_bad_images: bool = False
     seed: int = 0
@@ -107,6 +113,16 @@ class TrainConfig:
             if not (_is_int(value, low, high) or (value is None and name in OPTIONAL_COUNTS)):
                 span = f">= {low}" if high is None else f"in {low}..{high}"
                 raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+        if not _is_int(self.freeze_stages, -1):
+            raise ValueError(
+                "freeze_stages must be an integer >= -1 (-1: none, 0: the stem, K: the stem and "
+                f"the first K stages), got {self.freeze_stages!r}"
+            )
+        if self.freeze_stages >= 0 and not self.init_weights:
+            raise ValueError(
+                f"freeze_stages {self.freeze_stages} needs init_weights: frozen layers keep "
+                "the weights they start from, and random ones are of no use"
+            )
         lr = PAPER_LR * self.batch_size / PAPER_BATCH if self.lr is None else self.lr
         _check_real("lr", lr, 0.0, inclusive=False)
         for name in ("weight_decay", "warmup_epochs"):
@@ -165,11 +181,14 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
 
 
 def recipe_differences(config: TrainConfig, saved: dict[str, Any]) -> list[str]:
-    """The recipe fields of ``config`` that differ from a checkpoint's ``saved`` config."""
+    """The recipe fields of ``config`` that differ from a checkpoint's ``saved`` config (a
+    field that the checkpoint predates counts as its default)."""
     return [
-        f"{f.name} {getattr(config, f.name)!r} (checkpoint: {saved.get(f.name)!r})"
+        f"{f.name} {getattr(config, f.name)!r} (checkpoint: {saved.get(f.name, f.default)!r})"
         for f in fields(TrainConfig)
-        if f.name not in RUNTIME_FIELDS and getattr(config, f.name) != saved.get(f.name)
+        if f.name not in RUNTIME_FIELDS
+        and getattr(config, f.name) != saved.get(f.name, f.default)
+        and not (f.name == "epochs" and config.epochs is None)  # None: as the run chose
     ]
 
 

@@ -27,17 +27,46 @@ from ..evaluate import (
 )
 from ..io import check_output_path, remove_stale_temps
 from ..models import create_model
-from ..models.base import ShuffleNetBase
+from ..models.backbone import apply_backbone_options
+from ..models.base import AuxOutputs, ShuffleNetBase
 from ..weights import load, load_state_dict_checked, save
 from .config import TrainConfig, check_resume_classes, checkpoint_to_resume
 from .distributed import Dist, all_sum, broadcast, distributed, gather
 from .files import RunFiles, default_run_dir, lock_run_dir, write_checkpoint, write_metrics
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
-from .schedule import lr_scheduler, param_groups
+from .schedule import (
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    STEP_BUDGET,
+    choose_epochs,
+    lr_scheduler,
+    param_groups,
+)
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "fit", "training_loss"]
 
 Log = Callable[[str], None]
+
+
+def training_loss(
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    output: torch.Tensor | AuxOutputs,
+    target: torch.Tensor,
+    aux_weights: tuple[float, ...] = (),
+) -> torch.Tensor:
+    """``criterion`` on the logits, plus, for a model with auxiliary classifiers
+    (:class:`~shufflenet.models.base.AuxOutputs`), each auxiliary loss times its weight."""
+    if not isinstance(output, AuxOutputs):
+        return criterion(output, target)
+    if len(aux_weights) != len(output.aux):
+        raise ValueError(
+            f"aux_weights needs one weight per auxiliary output ({len(output.aux)}), got "
+            f"{len(aux_weights)}"
+        )
+    loss = criterion(output.logits, target)
+    for weight, aux in zip(aux_weights, output.aux, strict=True):
+        loss = loss + weight * criterion(aux, target)
+    return loss
 
 
 @dataclass
@@ -101,13 +130,27 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _is_classifier(key: str) -> bool:
+    """Whether ``key`` belongs to a layer sized by the class count (``fc``, auxiliary ``fc``)."""
+    return key.startswith("fc.") or (key.startswith("aux_heads.") and ".fc." in key)
+
+
 def _create_model(config: TrainConfig, num_classes: int, fine_tune: bool) -> ShuffleNetBase:
     """A new ``config.model``; with ``fine_tune``, from ``config.init_weights`` if given (a
-    classifier of another size keeps its fresh weights)."""
+    classifier of another size keeps its fresh weights). ``config.freeze_stages`` freezes
+    its stem and first stages (resumed runs too); the optimizer gets only the trainable
+    parameters, and the weights file records the network alone, not the freezing."""
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if config.drop_rate:
         kwargs["drop_rate"] = config.drop_rate
     model = create_model(config.model, **kwargs)
+    stages = len(model.stage_names)
+    if config.freeze_stages > stages:
+        raise ValueError(
+            f"freeze_stages must be within -1..{stages}: {config.model} has {stages} stages "
+            f"({', '.join(model.stage_names)}), got {config.freeze_stages}"
+        )
+    apply_backbone_options(model, frozen_stages=config.freeze_stages)
     if not (fine_tune and config.init_weights):
         return model
     source = load(config.init_weights)
@@ -116,10 +159,13 @@ def _create_model(config: TrainConfig, num_classes: int, fine_tune: bool) -> Shu
             f"init_weights {config.init_weights} holds {source.model_config.get('name')}, "
             f"not {config.model}"
         )
-    state = source.state_dict()
+    state, fresh = source.state_dict(), model.state_dict()
     if source.num_classes != model.num_classes:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+        state = {k: v for k, v in state.items() if not _is_classifier(k)}
+        state.update({k: v for k, v in fresh.items() if _is_classifier(k)})
+    # auxiliary heads are for training only: a file without them (a converted release) starts
+    # them fresh
+    state.update({k: v for k, v in fresh.items() if k.startswith("aux_heads.") and k not in state})
     load_state_dict_checked(model, state)
     return model
 
@@ -177,13 +223,21 @@ class _Run:
         # What a DistributedSampler with drop_last gives each process, in whole batches.
         n_batches = self.data.num_train // ctx.world_size // self.local_batch
         self.steps_per_epoch = min(n_batches, c.limit_train_batches or n_batches)
+        # Without epochs, the length follows the data; a resumed run keeps its checkpoint's.
+        self.epochs_chosen = c.epochs is None and checkpoint is None
+        saved = checkpoint["config"].get("epochs") if checkpoint else None
+        self.epochs: int = c.epochs or saved or choose_epochs(self.steps_per_epoch)
+        c = self.config = replace(c, epochs=self.epochs)
         self.scheduler = lr_scheduler(
-            self.optimizer, c.epochs, self.steps_per_epoch, c.warmup_epochs, c.schedule
+            self.optimizer, self.epochs, self.steps_per_epoch, c.warmup_epochs, c.schedule
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        # Loss weights of the auxiliary classifiers (SE-ShuffleNet v2-164), read from the model
+        # itself, not the DDP wrapper.
+        self.aux_loss_weights = tuple(getattr(self.model, "aux_loss_weights", ()))
 
         # Each process draws its own augmentation and dropout.
         seed_all(c.seed + ctx.rank)
@@ -243,7 +297,7 @@ class _Run:
         loader = self._train_loader(epoch)
         bar = tqdm(
             total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{c.epochs}",
+            desc=f"epoch {epoch + 1}/{self.epochs}",
             unit="batch",
             leave=False,
             dynamic_ncols=True,
@@ -258,7 +312,7 @@ class _Run:
             x = to_device(x, self.device, c.channels_last)
             y = y.to(self.device, non_blocking=True)
             with autocast(self.device, self.amp_dtype):
-                loss = self.criterion(self.net(x), y)
+                loss = training_loss(self.criterion, self.net(x), y, self.aux_loss_weights)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -308,8 +362,14 @@ class _Run:
 
     def recalibrate_bn(self, batches: int) -> None:
         """Re-estimate BN statistics as exact averages over ``batches`` batches of training
-        images (eval pipeline, fixed order); every process uses the same batches."""
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        images (eval pipeline, fixed order); every process uses the same batches. Frozen
+        BatchNorms (``freeze_stages``), which stay in eval mode, keep theirs."""
+        self.model.train()
+        bns = [
+            m
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        ]
         momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
@@ -321,7 +381,6 @@ class _Run:
             num_workers=self.workers,
             generator=torch.Generator().manual_seed(self.config.seed),
         )
-        self.model.train()
         with torch.no_grad():
             for i, (x, _) in enumerate(loader):
                 if i >= batches:
@@ -383,7 +442,7 @@ class _Run:
         self.log(
             f"training {c.model} on {c.data}: {self.data.num_train} train / "
             f"{self.data.num_val} val images, {len(self.classes)} classes, "
-            f"{c.image_size}x{c.image_size}, {c.epochs} epochs of {self.steps_per_epoch} "
+            f"{c.image_size}x{c.image_size}, {self.epochs} epochs of {self.steps_per_epoch} "
             f"batches of {c.batch_size}, lr {c.lr:g}, {self.device.type}"
             + (
                 f" ({_plural(torch.get_num_threads(), 'thread')})"
@@ -393,10 +452,15 @@ class _Run:
             + (f" x {self.ctx.world_size} processes" if self.ctx.active else "")
             + f"; run dir {self.files.dir}"
         )
+        if self.epochs_chosen:
+            self.log(
+                f"epochs: {self.epochs}, chosen for about {STEP_BUDGET} optimizer steps at "
+                f"{self.steps_per_epoch} per epoch ({MIN_EPOCHS} to {MAX_EPOCHS}; --epochs sets it)"
+            )
         if self.start_epoch:
             self.log(f"resuming after epoch {self.start_epoch} from {self.files.checkpoint}")
         result: EvalResult | None = None
-        for epoch in range(self.start_epoch, c.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
             epoch_start = time.perf_counter()
             train_loss, rate, lr = self.train_epoch(epoch)
             result = self.validate()
@@ -415,7 +479,7 @@ class _Run:
             self.write_reports()
             self.save_model(epoch + 1, result)
             self.log(
-                f"epoch {epoch + 1:>{len(str(c.epochs))}}/{c.epochs}  "
+                f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}  "
                 f"train loss {train_loss:.4f}  val loss {result.loss:.4f}  "
                 f"top-1 {100 * result.top1:6.2f}%  top-5 {100 * result.top5:6.2f}%  "
                 f"{row['seconds']:.1f} s ({rate:.0f} img/s)"
@@ -431,14 +495,14 @@ class _Run:
                     f"top-5 {100 * result.top5:.2f}%"
                 )
             self.write_reports(result.top1 if c.bn_recalibrate else None)
-            self.save_model(c.epochs, result)
+            self.save_model(self.epochs, result)
         return FitResult(
             run_dir=self.files.dir,
             model_path=self.files.model,
             checkpoint_path=self.files.checkpoint,
             metrics_path=self.files.metrics,
             curves_path=self.files.curves,
-            epochs=c.epochs,
+            epochs=self.epochs,
             final=result,
             history=self.history,
             seconds=time.perf_counter() - self.started,

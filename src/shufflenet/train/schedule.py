@@ -9,7 +9,22 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["lr_factor", "lr_scheduler", "param_groups"]
+__all__ = ["STEP_BUDGET", "choose_epochs", "lr_factor", "lr_scheduler", "param_groups"]
+
+# Without --epochs, a run makes about STEP_BUDGET optimizer steps, in MIN_EPOCHS to MAX_EPOCHS
+# epochs: digits (44 batches of 32) keeps 15 epochs, while a folder of 360 photos (11 batches)
+# gets 55 instead of the 165 steps that a fixed 15 epochs would give it.
+STEP_BUDGET = 600
+MIN_EPOCHS = 15
+MAX_EPOCHS = 200
+
+
+def choose_epochs(steps_per_epoch: int) -> int:
+    """The default run length for ``steps_per_epoch`` optimizer steps per epoch: enough epochs
+    for :data:`STEP_BUDGET` steps, within ``MIN_EPOCHS..MAX_EPOCHS``."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(STEP_BUDGET / steps_per_epoch)))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear") -> float:
