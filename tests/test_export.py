@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import randomize_bn
+from conftest import digits_model, randomize_bn
 
 import shufflenet
 from shufflenet import data
@@ -247,31 +247,10 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, argv, match):
     assert err.startswith("error: ") and match in err and len(err.strip().splitlines()) == 1
 
 
-def _digits_model(steps=300, size=32):
-    """A V2 0.5x trained on digits for a few hundred steps (about 96% val top-1)."""
-    pre = data.make_preprocessing("digits", size)
-    transform = data.build_eval_transform(pre)
-    train, _ = data.digits_datasets(transform, transform)
-    images = torch.stack([train[i][0] for i in range(len(train))])
-    labels = torch.tensor(train.targets)
-    torch.manual_seed(0)
-    model = shufflenet.create_model("shufflenet_v2_x0_5", num_classes=10)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=steps)
-    for _ in range(steps):
-        idx = torch.randint(0, len(images), (64,))
-        loss = torch.nn.functional.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval(), pre
-
-
 def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys, monkeypatch):
     import shufflenet.export.onnx as onnx_export
 
-    model, pre = _digits_model()
+    model, pre = digits_model()
     weights = shufflenet.save(model, tmp_path / "d.safetensors", preprocessing=pre,
                               class_names=data.DIGITS_CLASSES)  # fmt: skip
     out = tmp_path / "d.onnx"

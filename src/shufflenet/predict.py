@@ -1,4 +1,5 @@
-"""Classify image files with a weights file: our safetensors or an exported ONNX file.
+"""Classify image files with a weights file: our safetensors, or an exported ONNX, LiteRT
+(``.tflite``), ExecuTorch (``.pte``) or MNN (``.mnn``) file, each in its own runtime.
 
 The preprocessing comes from the file's metadata (:func:`shufflenet.data.build_eval_transform`),
 so the model sees exactly what it was trained or converted for (RGB normalised for torchvision
@@ -36,6 +37,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "class_names_of",
+    "default_engine",
     "find_images",
     "predict",
 ]
@@ -69,6 +71,15 @@ Logits = Callable[[Tensor], np.ndarray]  # a preprocessed (N, C, H, W) batch -> 
 Engine = Callable[[Path], tuple[dict[str, Any], Logits]]  # a weights file -> (metadata, logits)
 
 
+# The engine that runs an exported file, by its suffix; anything else is our weights (torch).
+FILE_ENGINES = {".onnx": "onnxruntime", ".tflite": "litert", ".pte": "executorch", ".mnn": "mnn"}
+
+
+def default_engine(path: str | os.PathLike[str]) -> str:
+    """The engine for ``path``: its format's runtime for an exported file, else ``torch``."""
+    return FILE_ENGINES.get(Path(path).suffix.lower(), "torch")
+
+
 def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
@@ -77,8 +88,9 @@ def _torch_engine(path: Path) -> tuple[dict[str, Any], Logits]:
     """Our safetensors weights in PyTorch."""
     from .weights import load
 
-    if _is_onnx(path):
-        raise ValueError(f"{path} is an ONNX file: predict it with engine='onnxruntime'")
+    engine = default_engine(path)
+    if engine != "torch":
+        raise ValueError(f"{path} is an exported file: predict it with engine={engine!r}")
     model = load(path)
 
     def logits(batch: Tensor) -> np.ndarray:
@@ -134,15 +146,58 @@ def _run_chunks(session: Any, batch: Tensor) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def _edge_engine(engine: str) -> Engine:
+    """An engine that runs its format's exported files (``.tflite``, ``.pte``, ``.mnn``), with
+    their own metadata; the fixed batch of such a file is filled with zeros where short."""
+
+    def open_file(path: Path) -> tuple[dict[str, Any], Logits]:
+        from . import export
+
+        if default_engine(path) != engine:
+            suffix = next(s for s, e in FILE_ENGINES.items() if e == engine)
+            raise ValueError(
+                f"{path}: engine {engine!r} runs {suffix} files; export one with "
+                f"`shufflenet export --format {engine}`"
+            )
+        opener = {
+            "litert": export.open_litert,
+            "executorch": export.open_executorch,
+            "mnn": export.open_mnn,
+        }[engine]
+        opened = opener(path)
+        return opened.metadata, functools.partial(_run_edge, opened)
+
+    open_file.__doc__ = f"An exported file in {engine}."
+    return open_file
+
+
+def _run_edge(opened: Any, batch: Tensor) -> np.ndarray:
+    try:
+        return np.asarray(opened(batch))
+    except ValueError:
+        raise
+    except Exception as e:  # a runtime's own types, for a graph that loads but cannot run
+        raise ValueError(
+            f"{opened.path}: {opened.engine} cannot run it ({_first_line(e)})"
+        ) from None
+
+
 # Engine name -> how it opens a weights file; ``predict --engine`` offers these.
-ENGINES: dict[str, Engine] = {"torch": _torch_engine, "onnxruntime": _onnxruntime_engine}
+ENGINES: dict[str, Engine] = {
+    "torch": _torch_engine,
+    "onnxruntime": _onnxruntime_engine,
+    "litert": _edge_engine("litert"),
+    "executorch": _edge_engine("executorch"),
+    "mnn": _edge_engine("mnn"),
+}
 
 
 class Predictor:
     """A weights file ready to classify images with ``engine`` (default: the file's own).
 
-    ``.onnx`` files run in ONNX Runtime; our safetensors files in PyTorch, or in ONNX Runtime
-    through an in-memory export (see :data:`ENGINES`).
+    ``.onnx`` files run in ONNX Runtime, ``.tflite`` in LiteRT, ``.pte`` in ExecuTorch and
+    ``.mnn`` in MNN; our safetensors files in PyTorch, or in ONNX Runtime through an in-memory
+    export (see :data:`ENGINES`).
     """
 
     def __init__(self, weights: str | os.PathLike[str], engine: str | None = None) -> None:
@@ -152,8 +207,8 @@ class Predictor:
         if not path.exists():
             raise FileNotFoundError(f"no such weights file: {path}")
         if not path.is_file():
-            raise ValueError(f"{path} is not a regular file: give a weights or ONNX file")
-        engine = engine or ("onnxruntime" if _is_onnx(path) else "torch")
+            raise ValueError(f"{path} is not a regular file: give a weights or exported file")
+        engine = engine or default_engine(path)
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.engine = engine

@@ -1,19 +1,49 @@
-"""The inference runtimes that run ONNX files: one place that opens a session in each.
+"""The inference runtimes that run exported files: one place that opens a file in each.
 
 * :func:`ort_session`: an ONNX Runtime CPU (or CUDA) session with all graph optimisations on.
 * :func:`openvino_model`: a model compiled by OpenVINO's CPU plugin in fp32 (by default OpenVINO
   would run bf16 on CPUs with AMX), through the process's one :func:`openvino_core`.
+* :func:`litert_interpreter`, :func:`executorch_program`, :func:`mnn_module`: a ``.tflite``
+  file in LiteRT's interpreter (XNNPACK delegate), a ``.pte`` file in ExecuTorch's runtime, an
+  ``.mnn`` file in MNN's CPU backend. Each runtime is an optional package; a missing one is a
+  ``ValueError`` naming the pip extra that installs it (:data:`EXTRAS`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import importlib
 import os
+import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["has_openvino", "openvino_core", "openvino_model", "ort_options", "ort_session"]
+__all__ = [
+    "EXTRAS",
+    "executorch_program",
+    "has_openvino",
+    "has_runtime",
+    "litert_interpreter",
+    "mnn_module",
+    "openvino_core",
+    "openvino_model",
+    "ort_options",
+    "ort_session",
+    "require",
+    "stdout_to_stderr",
+]
 
-Source = str | os.PathLike[str] | bytes  # an ONNX file or its bytes
+# runtime -> (the pip extra of shufflenet that installs it, its packages, the module to import)
+EXTRAS: dict[str, tuple[str, str, str]] = {
+    "litert": ("litert", "litert-torch and ai-edge-litert", "ai_edge_litert.interpreter"),
+    "executorch": ("executorch", "executorch", "executorch.runtime"),
+    "mnn": ("mnn", "MNN", "MNN"),
+}
+
+Source = str | os.PathLike[str] | bytes  # a file or its bytes
 
 
 def ort_options(threads: int | None = None, shared_pool: bool = False) -> Any:
@@ -83,3 +113,96 @@ def openvino_model(model: Source, threads: int | None = None, latency: bool = Fa
     if isinstance(model, bytes):
         return core.compile_model(core.read_model(model, b""), "CPU", config)
     return core.compile_model(core.read_model(str(model)), "CPU", config)
+
+
+# -- edge runtimes: LiteRT, ExecuTorch, MNN ----------------------------------------------------
+def require(runtime: str, what: str | None = None, module: str | None = None) -> Any:
+    """Import ``module`` (default: ``runtime``'s own) of an optional runtime; if it is missing,
+    a ``ValueError`` that names ``what`` needs it and the pip extra to install."""
+    extra, packages, default = EXTRAS[runtime]
+    try:
+        # MNN prints its CPU features to standard output on import; ExecuTorch warns that its
+        # runtime API is experimental.
+        with stdout_to_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module or default)
+    except ImportError as e:
+        needs = what or f"the {runtime} runtime"
+        missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in (
+            (module or default).split(".")[0],
+            default.split(".")[0],
+        )
+        broken = "" if missing else f" (importing it failed: {e})"
+        raise ValueError(
+            f"{needs} needs {packages}: pip install 'shufflenet[{extra}]'{broken}"
+        ) from None
+
+
+def has_runtime(runtime: str) -> bool:
+    """Whether ``runtime``'s package (one of :data:`EXTRAS`) is importable."""
+    try:
+        require(runtime)
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Native code's writes to standard output go to standard error meanwhile.
+
+    Converters and runtimes print progress and CPU features from C++ (``printf``), which would
+    mix with the CLI's results (``--json``); C's buffers are flushed before the switch back.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def litert_interpreter(model: Source, threads: int | None = None) -> Any:
+    """A ``.tflite`` file (or its bytes) in LiteRT's interpreter, tensors allocated; its default
+    XNNPACK delegate runs the float and int8 operators. ``threads`` ``None``: LiteRT's default."""
+    lite = require("litert", "running a .tflite file")
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    with stdout_to_stderr():
+        interpreter = lite.Interpreter(**source, num_threads=threads)
+        interpreter.allocate_tensors()
+    return interpreter
+
+
+def executorch_program(model: Source, threads: int | None = None) -> Any:
+    """A ``.pte`` file (or its bytes) loaded by ExecuTorch's runtime (``Program``: methods
+    ``forward`` and, for our files, ``shufflenet_metadata``), XNNPACK delegate included.
+
+    Keep the program alive as long as a method loaded from it: a method does not hold it, and
+    runs from its memory (once it is freed, the next run crashes the process). ``threads``
+    resizes ExecuTorch's one thread pool (XNNPACK's threads), for the whole process; ``None``
+    keeps it (ExecuTorch's default: one thread per core)."""
+    runtime = require("executorch", "running a .pte file")
+    source = model if isinstance(model, bytes) else str(model)
+    with stdout_to_stderr():
+        if threads:  # one pool per process, for every program: not while another one runs
+            pybindings = require(
+                "executorch", module="executorch.extension.pybindings.portable_lib"
+            )
+            pybindings._unsafe_reset_threadpool(threads)
+        return runtime.Runtime.get().load_program(source)
+
+
+def mnn_module(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ``.mnn`` file as an MNN ``Module`` on the CPU backend with ``threads`` threads (default
+    1) and MNN's default precision (fp32 on CPUs; ``Low`` would allow fp16 on ARM)."""
+    mnn = require("mnn", "running an .mnn file")
+    with stdout_to_stderr():
+        return mnn.nn.load_module_from_file(str(path), [], [], thread_num=threads or 1)

@@ -10,7 +10,7 @@ from typing import Any
 from ..convert import SOURCES
 from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model, output_files
 from ..io import check_output_path
-from ..predict import ENGINES
+from ..predict import ENGINES, default_engine
 from .common import batch_arg, input_size_arg, mb, num_classes_arg, print_json
 
 __all__ = ["add_parsers"]
@@ -29,7 +29,8 @@ def _print_int8(int8: dict[str, Any]) -> None:
         f"{int8['int8_ms']:.2f} ms"
     )
     kinds = ", ".join(f"{k} {v:.1f}" for k, v in int8["sqnr_db_by_kind"].items())
-    print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
+    if kinds:  # ONNX's int8 only
+        print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -37,10 +38,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..models import create_model
     from ..weights import load
 
-    if args.int8 and (args.format != "onnx" or not args.calib):
-        raise ValueError("--int8 needs --format onnx and --calib digits|FOLDER")
+    int8_formats = "|".join(name for name, spec in FORMATS.items() if spec.int8)
+    if args.int8 and (not FORMATS[args.format].int8 or not args.calib):
+        raise ValueError(f"--int8 needs --format {int8_formats} and --calib digits|FOLDER")
     if args.int8_weights != "auto" and not args.int8:
         raise ValueError("--int8-weights goes with --int8")
+    if args.int8_weights != "auto" and args.format != "onnx":
+        raise ValueError("--int8-weights goes with --format onnx")
     if args.weights and (args.layout or args.num_classes is not None):
         raise ValueError("--layout and --num-classes go with --model, not --weights")
     inputs = [args.weights] if args.weights else []
@@ -96,8 +100,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     weights = Path(args.weights)
-    if args.engine == "torch" and weights.suffix.lower() == ".onnx" and weights.is_file():
-        raise ValueError(f"{weights} is an ONNX file: predict it with --engine onnxruntime")
+    own = default_engine(weights)
+    if args.engine == "torch" and own != "torch" and weights.is_file():
+        raise ValueError(f"{weights} is an exported file: predict it with --engine {own}")
     results = predict(args.weights, args.inputs, topk=args.topk, engine=args.engine)
     failed = [r for r in results if r.error]
     for r in failed:
@@ -131,7 +136,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="export to ONNX/TorchScript/ncnn (BN folded, static shuffles), verified; int8",
+        help="export to ONNX/TorchScript/ncnn/LiteRT/ExecuTorch/MNN, verified; int8",
         description="Export a model and run the file next to PyTorch on sample inputs; exit 1 "
         "with the numbers if they differ by more than 1e-4 (relative to outputs above 1).",
     )
@@ -153,15 +158,22 @@ def add_parsers(sub: Any) -> None:
         help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1} (default {DEFAULT_OPSET})",
     )
     p.add_argument(
-        "--batch", type=batch_arg, default=None, help="'dynamic' (default) or a fixed size"
+        "--batch",
+        type=batch_arg,
+        default=None,
+        help="'dynamic' (default) or a fixed size; litert, executorch, mnn: fixed, default 1",
     )
     p.add_argument("--input-size", type=input_size_arg, help="default: from the metadata")
     p.add_argument(
         "--no-optimize",
         action="store_true",
-        help="ONNX: the plain BN-folded graph, not the shuffle-free one (deploy.fastpath)",
+        help="the plain BN-folded graph, not the shuffle-free one (deploy.fastpath)",
     )
-    p.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx and compare")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write FILE.int8.EXT (onnx, litert, executorch) and compare it with fp32",
+    )
     p.add_argument("--calib", help="with --int8: 'digits' or an image folder")
     p.add_argument(
         "--int8-weights",
@@ -170,15 +182,28 @@ def add_parsers(sub: Any) -> None:
         help="with --int8: weight type; auto: int8 where this CPU has VNNI (or is ARM), else "
         "uint8 (ONNX Runtime's U8S8 kernels saturate on x86 without VNNI)",
     )
-    p.add_argument("--out", required=True, help="output file (ncnn: FILE.param)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file (ncnn: FILE.param; mnn: FILE.mnn, with FILE.json)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="classify images with a weights or ONNX file")
+    p = sub.add_parser("predict", help="classify images with a weights or exported file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--weights", required=True, help="a .safetensors or exported .onnx file")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="a .safetensors file, or an exported .onnx, .tflite, .pte or .mnn file",
+    )
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--engine", choices=tuple(ENGINES), help="default: torch, onnxruntime for .onnx")
+    p.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        help="default: the file's own (onnxruntime for .onnx, litert for .tflite, executorch "
+        "for .pte, mnn for .mnn), torch for weights",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 

@@ -1,4 +1,5 @@
-"""Exports that verify themselves: ONNX, TorchScript and ncnn, plus int8 ONNX.
+"""Exports that verify themselves: ONNX, TorchScript, ncnn, LiteRT, ExecuTorch and MNN, plus
+int8 for ONNX, LiteRT and ExecuTorch.
 
 Every export starts from a copy with the BatchNorms folded and the shuffles expressed with
 constant indices (:mod:`shufflenet.deploy`), or, for ONNX by default, from the shuffle-free graph
@@ -11,13 +12,17 @@ the largest output for fp32; non-finite outputs fail).
 
 The files carry the model's metadata (:mod:`.metadata`). :data:`FORMATS` (:mod:`.formats`) maps
 each format's name to its exporter and verifier (:mod:`.onnx`, :mod:`.torchscript`,
-:mod:`.ncnn`); :func:`export_model` dispatches through it. int8 (:mod:`.int8`) is ONNX Runtime's
-post-training static quantization, calibrated on digits or an image folder (:mod:`.calibration`);
-:func:`compare_int8` measures what it costs and :func:`int8_layer_errors` (:mod:`.int8_errors`)
-where.
+:mod:`.ncnn`, :mod:`.litert`, :mod:`.executorch`, :mod:`.mnn`); :func:`export_model` dispatches
+through it. int8 (:mod:`.int8`) is ONNX Runtime's post-training static quantization, calibrated
+on digits or an image folder (:mod:`.calibration`); :func:`compare_int8` measures what it costs
+and :func:`int8_layer_errors` (:mod:`.int8_errors`) where. The edge formats (LiteRT, ExecuTorch,
+MNN: :mod:`.edge`) have a fixed batch, open as an :class:`EdgeModel` (``open_litert``,
+``open_executorch``, ``open_mnn``) and quantize with PyTorch 2 export quantization.
 """
 
 from .calibration import calibration_data
+from .edge import EdgeModel, verify_edge
+from .executorch import export_executorch, open_executorch, verify_executorch
 from .formats import FORMATS, ExportResult, export_model, output_files
 from .int8 import (
     INT8_WEIGHTS,
@@ -29,7 +34,9 @@ from .int8 import (
     quantize_int8,
 )
 from .int8_errors import LayerError, int8_layer_errors
+from .litert import export_litert, open_litert, read_tflite_metadata, verify_litert
 from .metadata import model_metadata, read_onnx_metadata, sample_inputs
+from .mnn import export_mnn, open_mnn, verify_mnn
 from .ncnn import export_ncnn, verify_ncnn
 from .onnx import (
     DEFAULT_OPSET,
@@ -51,6 +58,7 @@ __all__ = [
     "FP32_TOLERANCE",
     "INT8_WEIGHTS",
     "OPSETS",
+    "EdgeModel",
     "ExportFormat",
     "ExportOptions",
     "ExportResult",
@@ -61,7 +69,10 @@ __all__ = [
     "calibration_data",
     "compare_int8",
     "default_int8_weights",
+    "export_executorch",
     "export_int8",
+    "export_litert",
+    "export_mnn",
     "export_model",
     "export_ncnn",
     "export_onnx",
@@ -69,11 +80,19 @@ __all__ = [
     "int8_layer_errors",
     "model_metadata",
     "onnx_bytes",
+    "open_executorch",
+    "open_litert",
+    "open_mnn",
     "ort_session",
     "output_files",
     "quantize_int8",
     "read_onnx_metadata",
+    "read_tflite_metadata",
     "sample_inputs",
+    "verify_edge",
+    "verify_executorch",
+    "verify_litert",
+    "verify_mnn",
     "verify_ncnn",
     "verify_onnx",
     "verify_openvino",

@@ -1,5 +1,6 @@
 """The export formats, one table: :data:`FORMATS` (name -> exporter and verifier), and
-:func:`export_model`, which writes a format, verifies it and, for ONNX, can add int8.
+:func:`export_model`, which writes a format, verifies it and, for ONNX, LiteRT and ExecuTorch,
+can add int8.
 
 Adding a format is one module with its exporter and verifier and an :class:`ExportFormat`
 entry, plus its row here; the CLI reads its ``--format`` choices from this table.
@@ -16,8 +17,11 @@ from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions
 from ..models.base import ShuffleNetBase
 from ..verification import Verification
 from .calibration import calibration_data
+from .executorch import EXECUTORCH
 from .int8 import Int8Result, export_int8, int8_path, int8_types
+from .litert import LITERT
 from .metadata import model_metadata
+from .mnn import MNN
 from .ncnn import NCNN
 from .onnx import DEFAULT_OPSET, ONNX
 from .spec import ExportFormat, ExportOptions
@@ -29,6 +33,9 @@ FORMATS: dict[str, ExportFormat] = {
     "onnx": ONNX,
     "torchscript": TORCHSCRIPT,
     "ncnn": NCNN,
+    "litert": LITERT,
+    "executorch": EXECUTORCH,
+    "mnn": MNN,
 }
 
 
@@ -40,8 +47,11 @@ def _format(format: str) -> ExportFormat:
 
 def output_files(path: str | os.PathLike[str], format: str, int8: bool = False) -> list[Path]:
     """Every file an export of ``format`` to ``path`` writes (with ``int8``: the int8 file too)."""
-    files = _format(format).files(Path(path))
-    return [*files, int8_path(path)] if int8 else files
+    spec = _format(format)
+    files = spec.files(Path(path))
+    if not int8:
+        return files
+    return [*files, *(spec.int8_files(Path(path)) if spec.int8_files else [int8_path(path)])]
 
 
 @dataclass
@@ -80,9 +90,11 @@ def export_model(
 
     An ONNX file is run in ONNX Runtime and, when it is installed, in OpenVINO too. The file is
     kept even if a check fails (``result.passed`` is False), so that it can be inspected.
-    ``fastpath`` is the ONNX graph layout (see :func:`~shufflenet.export.onnx_bytes`). With
-    ``calib`` (``"digits"`` or an image folder), a file that passed is also quantized to int8
-    with ``int8_weights`` (:func:`~shufflenet.export.export_int8`): ``result.int8``.
+    ``fastpath`` is the ONNX graph layout (see :func:`~shufflenet.export.onnx_bytes`); other
+    formats read None as the plain graph, and use their own layout otherwise. With ``calib``
+    (``"digits"`` or an image folder), a file that passed is also quantized to int8:
+    ``result.int8`` (ONNX with ``int8_weights``, :func:`~shufflenet.export.export_int8`;
+    another format by its own ``quantize``).
     """
     spec = _format(format)
     calibration = None
@@ -90,13 +102,18 @@ def export_model(
         if not spec.int8:
             int8_formats = ", ".join(name for name, f in FORMATS.items() if f.int8)
             raise ValueError(f"calib (int8) needs format {int8_formats}, got {format!r}")
-        int8_types(opset, "uint8", int8_weights)
+        if spec.quantize is None:
+            int8_types(opset, "uint8", int8_weights)
+        elif int8_weights != "auto":
+            raise ValueError(f"int8_weights is ONNX's choice; {format} quantizes weights to int8")
         calibration = calibration_data(calib, model_metadata(model, input_size)["preprocessing"])
     model = model.eval()
     options = ExportOptions(opset, batch, input_size, fastpath)
     files = spec.export(model, Path(path), options)
     result = ExportResult(format, files, spec.verify(Path(path), model, options))
-    if calib is not None and result.passed:
+    if calib is not None and result.passed and spec.quantize is not None:
+        result.int8 = spec.quantize(model, Path(path), calib, options, calibration)
+    elif calib is not None and result.passed:
         plain = Path(path).read_bytes() if fastpath is None else None
         result.int8 = export_int8(
             model,
