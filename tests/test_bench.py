@@ -14,7 +14,13 @@ from shufflenet.export.onnx import to_onnx
 from shufflenet.speed.baselines import BASELINES, build_model, expand_model_names, model_card
 from shufflenet.speed.bench import BenchConfig, run_bench
 from shufflenet.speed.checks import WrongOutputs
-from shufflenet.speed.engines import OnnxEngine, available_engines, make_engine, time_engine
+from shufflenet.speed.engines import (
+    OnnxEngine,
+    available_engines,
+    make_engine,
+    resolve_engine,
+    time_engine,
+)
 from shufflenet.speed.ort_worker import measure_onnxruntime_cpu
 from shufflenet.speed.timing import plot_timing, time_layers
 from shufflenet.timer import Timing, measure
@@ -244,16 +250,18 @@ def test_cli_profile_timing_json(tmp_path, capsys):
 
 
 def test_cli_bench_table_and_json(capsys):
-    argv = ["bench", "shufflenet_v2_x0_5", "alexnet", "--input-size", "64", "--runs", "2"]
-    argv += ["--warmup", "0", "--threads", "1"]
+    # the default engine (auto): ONNX Runtime where installed; alexnet's pool does not export
+    argv = ["bench", "shufflenet_v2_x0_5", "mobilenet_v3_small", "--input-size", "64"]
+    argv += ["--runs", "2", "--warmup", "0", "--threads", "1"]
     assert main([*argv, "--batch-size", "1,2"]) == 0
     out = capsys.readouterr().out
-    assert "alexnet" in out and "median ms" in out
+    assert "mobilenet_v3_small" in out and "median ms" in out
+    assert f"engine: {resolve_engine('auto')} (auto)" in out  # the default
     assert main([*argv, "--json"]) == 0
     records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["model"], r["batch_size"]) for r in records] == [
         ("shufflenet_v2_x0_5", 1),
-        ("alexnet", 1),
+        ("mobilenet_v3_small", 1),
     ]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from shufflenet.cli import main
 from shufflenet.models.registry import get_model_info
+from shufflenet.speed.engines import resolve_engine
 from shufflenet.speed.selection import (
     default_candidates,
     pareto_front,
@@ -42,7 +43,7 @@ def test_selection_invariants(tmp_path):
         for c in sel.candidates:
             assert (c.name in front) == (not _dominated(c, sel.candidates, attr))
     data = json.loads(json.dumps(sel.to_dict()))
-    assert data["settings"]["engines"] == ["eager"] and data["budget_ms"] == 1e9
+    assert data["settings"]["engines"] == [resolve_engine("auto")] and data["budget_ms"] == 1e9
     assert plot_selection(sel, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -70,6 +71,7 @@ def test_cli_select(tmp_path, capsys):
     assert main([*argv, "--budget-ms", "1e9", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "within 1e+09 ms" in out and "front(ms)" in out and plot.exists()
+    assert f"{resolve_engine('auto')} (auto) on cpu" in out
     assert main([*argv, "--budget-ms", "1e-9", "--plot", str(plot), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["chosen"] is None and len(data["candidates"]) == len(MODELS)

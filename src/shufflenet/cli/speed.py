@@ -11,7 +11,7 @@ from ..device import DEVICES
 from ..io import check_output_path, write_json
 from ..speed.baselines import BASELINES
 from ..speed.bench import COMPARISONS, BenchConfig, run_bench
-from ..speed.engines import ENGINES
+from ..speed.engines import AUTO, AUTO_ORDER, ENGINES, resolve_engine
 from ..speed.guidelines import GuidelinesConfig, plot_table, run_guidelines
 from ..speed.selection import plot_selection, select_model
 from .common import comma_list, input_size_arg, print_json, print_table, progress
@@ -53,12 +53,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     headers = ["model", "impl", "engine", "batch", "median ms", "IQR ms", "img/s", "MFLOPs"]
     print_table(rows, [*headers, "top-1", "vs torchvision"])
     m = result.machine
+    if AUTO in args.engines:
+        print(f"\nengine: {_auto_engine(args.device)}")
+    ort = f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else ""
     print(
         f"\n{m.get('gpu') or m['cpu']}, {result.records[0].threads} threads, "
-        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; {config.runs} runs after "
+        f"torch {m['torch']}{ort}; {config.runs} runs after "
         f"{config.warmup} warm-up; vs torchvision = torchvision's median / ours (>1: ours faster)"
     )
     return 0
+
+
+def _auto_engine(device: str) -> str:
+    return f"{resolve_engine(AUTO, device)} (auto)"
 
 
 def _cmd_guidelines(args: argparse.Namespace) -> int:
@@ -157,17 +164,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
     print_table(rows, (*headers, "front(ms)", "front(FLOPs)", ""))
     if sel.skipped:
         print(f"\nnot ranked (no published top-1): {', '.join(sel.skipped)}")
+    engine = _auto_engine(args.device) if args.engine == AUTO else args.engine
     if sel.chosen is None:
         fastest = min(sel.candidates, key=lambda c: c.median_ms)
         print(
-            f"\nno model runs within {args.budget_ms:g} ms here; the fastest is {fastest.name} "
-            f"at {fastest.median_ms:.2f} ms (plot: {plot})"
+            f"\nno model runs within {args.budget_ms:g} ms here ({engine}); the fastest is "
+            f"{fastest.name} at {fastest.median_ms:.2f} ms (plot: {plot})"
         )
         return 1
     chosen = next(c for c in sel.candidates if c.name == sel.chosen)
     print(
         f"\nwithin {args.budget_ms:g} ms: {chosen.name} ({chosen.top1}% top-1, "
-        f"{chosen.median_ms:.2f} ms, batch {args.batch_size}, {args.engine} on {args.device})"
+        f"{chosen.median_ms:.2f} ms, batch {args.batch_size}, {engine} on {args.device})"
         f"\nplot: {plot}"
     )
     return 0
@@ -175,6 +183,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     engines = ", ".join(ENGINES)
+    auto = "; ".join(f"{kind}: {' > '.join(order)}" for kind, order in AUTO_ORDER.items())
+    auto = f"auto: the fastest installed ({auto})"
     shuffle_free = ", ".join(name for name, spec in ENGINES.items() if spec.shuffle_free)
 
     def common(p: argparse.ArgumentParser, runs: int | None) -> None:
@@ -193,8 +203,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--engines",
         type=comma_list(str),
-        default=["eager"],
-        help=f"comma list of {engines} (default eager; {shuffle_free} run our shuffle-free graph)",
+        default=[AUTO],
+        help=f"comma list of {engines} or auto (default {auto}; {shuffle_free} run our "
+        "shuffle-free graph)",
     )
     p.add_argument("--batch-size", type=comma_list(int), default=[1], help="e.g. 1,8,32")
     p.add_argument("--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW")
@@ -228,7 +239,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget per batch")
     p.add_argument("--models", nargs="+", help="candidates (default: all with a paper top-1)")
     p.add_argument("--baselines", action="store_true", help="add the torchvision baselines")
-    p.add_argument("--engine", default="eager", help=f"one of {engines} (default eager)")
+    p.add_argument("--engine", default=AUTO, help=f"one of {engines} (default {auto})")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-size", type=input_size_arg, default=(224, 224), help="224 or HxW")
     common(p, 20)

@@ -9,7 +9,6 @@ timed. Statistics are the median and the interquartile range.
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import tempfile
@@ -33,7 +32,14 @@ from .baselines import (
     expand_model_names,
     model_card,
 )
-from .engines import ENGINES, available_engines, engine_spec, time_engine
+from .engines import (
+    AUTO,
+    available_engines,
+    engine_spec,
+    engine_version,
+    resolve_engine,
+    time_engine,
+)
 
 __all__ = [
     "COMPARISONS",
@@ -57,9 +63,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    for package in dict.fromkeys(ENGINES[e].package for e in available_engines()):
-        if package is not None:  # the runtimes the engines run on
-            info[package] = importlib.import_module(package).__version__
+    for engine in available_engines():  # the runtimes the engines run on
+        if (version := engine_version(engine)) is not None:
+            info[version[0]] = version[1]
     # others' work competing for the CPU
     info["load_average_1min"] = round(os.getloadavg()[0], 2)
     dev = resolve_device(device)
@@ -70,10 +76,14 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
 @dataclass
 class BenchConfig:
-    """What to time: models (names or shell patterns, baselines included) x engines x batches."""
+    """What to time: models (names or shell patterns, baselines included) x engines x batches.
+
+    An engine ``auto`` is the fastest one installed for the device
+    (:func:`~shufflenet.speed.engines.resolve_engine`); records name the engine it resolved to.
+    """
 
     models: Sequence[str]
-    engines: Sequence[str] = ("eager",)
+    engines: Sequence[str] = (AUTO,)  # auto: the fastest installed for the device
     batch_sizes: Sequence[int] = (1,)
     input_size: tuple[int, int] = (224, 224)
     threads: int | None = None
@@ -154,7 +164,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     h, w = config.input_size
     kind = resolve_device(config.device).type  # records say "cpu" or "cuda"
     mflops = {(n, i): profile(m, (3, h, w)).flops / 1e6 for n, i, m in subjects}
-    result = BenchResult(machine_info(config.device), _config_dict(config, names))
+    engines = list(dict.fromkeys(resolve_engine(e, config.device) for e in config.engines))
+    result = BenchResult(machine_info(config.device), _config_dict(config, names, engines))
     with ExitStack() as stack:
         threads = stack.enter_context(torch_threads(config.threads))
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="shufflenet-bench-"))
@@ -166,7 +177,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
             for batch in config.batch_sizes
         ]
-        for engine in config.engines:
+        for engine in engines:
             note(f"{engine}: {len(models)} models, batch sizes {list(config.batch_sizes)}")
             try:
                 by_batch = time_engine(
@@ -221,8 +232,9 @@ def _add_speedups(records: list[BenchRecord]) -> None:
             r.speedup_vs_torchvision = tv[key] / r.median_ms
 
 
-def _config_dict(config: BenchConfig, names: list[str]) -> dict[str, Any]:
+def _config_dict(config: BenchConfig, names: list[str], engines: list[str]) -> dict[str, Any]:
     data = asdict(config)
     data["models"] = names
+    data["engines"] = engines  # auto resolved
     data["device"] = resolve_device(config.device).type
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}

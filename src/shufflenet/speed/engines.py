@@ -5,13 +5,17 @@ An *engine* turns a model into something that runs a batch: ``eager`` PyTorch,
 (:func:`shufflenet.deploy.optimize`), ``onnxruntime`` (the model's ONNX export run by ONNX
 Runtime with all graph optimisations on and the thread count set, as a user would run it) and
 ``openvino`` when that package is installed; the ``*_fast`` engines run our shuffle-free graph
-(:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's layout. Compiling engines
+(:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's layout. ``litert``,
+``executorch`` and ``mnn`` (:class:`EdgeEngine`, where their packages are installed) run a file
+converted as the edge exports convert ours (the shuffle-free graph; any other model as it is),
+at a fixed batch: the batch timed. ``auto`` (:func:`resolve_engine`) is the fastest engine
+installed for the device, in the order :data:`AUTO_ORDER` records. Compiling engines
 compile for an input shape when they are bound to it, untimed.
 
 Before it is timed, every runner's output is checked against the model in eager PyTorch
 (:mod:`shufflenet.speed.checks`). The models timed with one engine are interleaved
-(:func:`shufflenet.timer.measure`); ONNX Runtime on the CPU runs in a process of its own
-(:mod:`shufflenet.speed.ort_worker`).
+(:func:`shufflenet.timer.measure`); ONNX Runtime on the CPU and the edge runtimes run in a
+process of their own, one per engine (:mod:`shufflenet.speed.ort_worker`).
 
 To add an engine, write a function that binds a model (:class:`TorchEngine`) or an ONNX file
 (:class:`OnnxEngine`) and returns a :data:`Binder`, and add its row to :data:`ENGINES`.
@@ -22,7 +26,8 @@ from __future__ import annotations
 import abc
 import copy
 import functools
-import importlib
+import importlib.metadata
+import importlib.util
 import operator
 import os
 import tempfile
@@ -38,21 +43,28 @@ from torch import Tensor, nn
 from ..deploy import optimize
 from ..deploy.fastpath import ONNXRUNTIME, OPENVINO, FastPathOptions, fast_model, fastpath_support
 from ..device import resolve_device
-from ..export.onnx import to_onnx
+from ..export.edge import EDGE_LAYOUT
+from ..export.onnx import plain_graph, to_onnx
+from ..models.base import ShuffleNetBase
 from ..runtimes import openvino_model, ort_session
 from ..timer import TimedRun, Timing, measure
 from .checks import check_output, runner_label
-from .ort_worker import measure_onnxruntime_cpu
+from .ort_worker import OPENERS, measure_in_process
 
 __all__ = [
+    "AUTO",
+    "AUTO_ORDER",
     "ENGINES",
     "Binder",
+    "EdgeEngine",
     "EngineSpec",
     "OnnxEngine",
     "TorchEngine",
     "available_engines",
     "engine_spec",
+    "engine_version",
     "make_engine",
+    "resolve_engine",
     "time_engine",
 ]
 
@@ -132,6 +144,58 @@ class OnnxEngine(EngineSpec):
         return self.run(self.export(model, example, workdir), device, threads)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EdgeEngine(EngineSpec):
+    """An engine that runs a file converted for an edge runtime (``runtime``, one of
+    :data:`~shufflenet.speed.ort_worker.OPENERS`), on the CPU.
+
+    Our models are converted as their edge export converts them: the shuffle-free graph in
+    :data:`~shufflenet.export.edge.EDGE_LAYOUT` (the plain BN-folded one for models without a
+    fast path), then ``rewrite`` (the runtime's rewrites that keep the graph in XNNPACK); any
+    other model (torchvision's) by ``convert`` alone. The file's batch is the input's, fixed.
+    """
+
+    runtime: str
+    convert: Callable[[nn.Module, Tensor, Path], Path]  # writes the file at the Path given
+    rewrite: Callable[[nn.Module, Tensor], nn.Module] | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    shuffle_free: bool = True
+
+    def export(self, model: nn.Module, example: Tensor, workdir: Workdir) -> Path:
+        """The file this engine runs, for ``example``'s shape, in a fresh folder of
+        ``workdir``."""
+        module = model.eval()
+        example = example.detach().cpu()
+        if isinstance(model, ShuffleNetBase):
+            if fastpath_support(model) is None:
+                module = fast_model(model, EDGE_LAYOUT).eval()
+            else:
+                module = plain_graph(model, (example.shape[2], example.shape[3]))
+            if self.rewrite is not None:
+                module = self.rewrite(module, example)
+        folder = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir))
+        return self.convert(module, example, folder)
+
+    def bind(
+        self,
+        model: nn.Module,
+        example: Tensor,
+        device: torch.device,
+        threads: int | None,
+        workdir: Workdir,
+    ) -> Binder:
+        opened: dict[tuple[int, ...], Callable[[np.ndarray], Callable[[], object]]] = {}
+
+        def bind(x: Tensor) -> TimedRun:
+            shape = tuple(x.shape)  # a file per input shape: its batch is fixed
+            if shape not in opened:
+                path = self.export(model, x, workdir)
+                opened[shape] = OPENERS[self.runtime](str(path), threads)
+            return TimedRun(opened[shape](x.detach().cpu().numpy()))
+
+        return bind
+
+
 def _torch_output(out: Tensor) -> np.ndarray:
     return out.detach().float().cpu().numpy()
 
@@ -204,6 +268,40 @@ def _openvino(onnx_file: Path, device: torch.device, threads: int | None) -> Bin
     return bind
 
 
+def _tflite(module: nn.Module, example: Tensor, folder: Path) -> Path:
+    from ..export.litert import to_tflite
+
+    path = folder / "model.tflite"
+    path.write_bytes(to_tflite(module, example))  # takes NHWC images
+    return path
+
+
+def _pte(module: nn.Module, example: Tensor, folder: Path) -> Path:
+    from ..export.executorch import to_pte
+
+    path = folder / "model.pte"
+    path.write_bytes(to_pte(module, example))
+    return path
+
+
+def _mnn(module: nn.Module, example: Tensor, folder: Path) -> Path:
+    from ..export.mnn import convert_onnx_to_mnn
+
+    return convert_onnx_to_mnn(to_onnx(module, example, dynamic_batch=False), folder / "m.mnn")
+
+
+def _strided_splits_as_slices(module: nn.Module, example: Tensor) -> nn.Module:
+    from ..export.xnnpack import strided_splits_as_slices
+
+    return strided_splits_as_slices(module, example)
+
+
+def _xnnpack_graph(module: nn.Module, example: Tensor) -> nn.Module:
+    from ..export.xnnpack import xnnpack_graph
+
+    return xnnpack_graph(module, example)
+
+
 ENGINES: dict[str, EngineSpec] = {
     "eager": TorchEngine(run=_pytorch),
     "channels_last": TorchEngine(run=functools.partial(_pytorch, channels_last=True)),
@@ -226,29 +324,67 @@ ENGINES: dict[str, EngineSpec] = {
     "openvino_fast": OnnxEngine(  # fp32, in OpenVINO's layout
         run=_openvino, layout=OPENVINO, devices=("cpu",), package="openvino", shuffle_free=True
     ),
+    # the edge exports' converters and runtimes (export/litert.py, executorch.py, mnn.py)
+    "litert": EdgeEngine(
+        runtime="litert",
+        convert=_tflite,
+        rewrite=_strided_splits_as_slices,
+        package="litert_torch",
+    ),
+    "executorch": EdgeEngine(
+        runtime="executorch", convert=_pte, rewrite=_xnnpack_graph, package="executorch"
+    ),
+    "mnn": EdgeEngine(runtime="mnn", convert=_mnn, package="MNN"),
 }
+
+AUTO = "auto"
+# What ``auto`` runs: per device type, the engines fastest first, the first installed one
+# chosen. Measured (benchmarks/results/cpu_inference_1.json, V2 1x at 224 px, batch 1, 2 AVX2
+# threads): ONNX Runtime on our export 5.6 ms, OpenVINO 6.4 ms, deploy.optimize 12.4 ms, eager
+# torchvision 28 ms; on CUDA eager PyTorch (cuDNN) is the engine that needs no compiling.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("onnxruntime", "eager"), "cuda": ("eager",)}
 
 
 def _installed(package: str | None) -> bool:
-    if package is None:
-        return True
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        return False
-    return True
+    """Whether ``package`` is found (not imported: some take seconds or print on import)."""
+    return package is None or importlib.util.find_spec(package) is not None
 
 
 def available_engines() -> tuple[str, ...]:
-    """The engines this installation can run (``openvino*`` only when it is importable)."""
+    """The engines this installation can run (``openvino*`` only when it is installed, ...)."""
     return tuple(name for name, spec in ENGINES.items() if _installed(spec.package))
 
 
+def engine_version(engine: str) -> tuple[str, str] | None:
+    """(package, version) of the package ``engine`` needs; None for PyTorch's engines."""
+    package = ENGINES[engine].package
+    if package is None:
+        return None
+    try:
+        return package, importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return package, str(getattr(importlib.import_module(package), "__version__", "unknown"))
+
+
+def resolve_engine(engine: str, device: str = "cpu") -> str:
+    """``engine``, or for ``auto`` the first installed engine of :data:`AUTO_ORDER` for
+    ``device``'s type."""
+    if engine != AUTO:
+        return engine
+    kind = resolve_device(device).type
+    order = AUTO_ORDER.get(kind, ("eager",))
+    return next((e for e in order if _installed(ENGINES[e].package)), "eager")
+
+
 def engine_spec(engine: str, device: str = "cpu") -> EngineSpec:
-    """The spec of ``engine``; ``ValueError`` unless it is installed and runs on ``device``."""
+    """The spec of ``engine`` (``auto``: see :func:`resolve_engine`); ``ValueError`` unless it
+    is installed and runs on ``device``."""
+    engine = resolve_engine(engine, device)
     spec = ENGINES.get(engine)
     if spec is None:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(available_engines())}")
+        raise ValueError(
+            f"unknown engine {engine!r}; choose from {', '.join(available_engines())} or {AUTO}"
+        )
     if not _installed(spec.package):
         raise ValueError(
             f"the {engine} engine needs the {spec.package} package: pip install {spec.package}"
@@ -299,6 +435,7 @@ def time_engine(
     :class:`~shufflenet.speed.checks.WrongOutputs`. Within a job the models are interleaved. A
     model that fails on its input raises ``RuntimeError``.
     """
+    engine = resolve_engine(engine, device)
     spec = engine_spec(engine, device)
     kind = resolve_device(device).type
     with torch.inference_mode():
@@ -306,12 +443,27 @@ def time_engine(
             {key: _torch_output(models[key].eval()(x.cpu())) for key, x in job.items()}
             for job in jobs
         ]
+    if isinstance(spec, OnnxEngine | EdgeEngine) and kind == "cpu":  # one array per tensor
+        arrays = {id(x): x.numpy() for job in jobs for x in job.values()}
     if isinstance(spec, OnnxEngine) and spec.ort_worker and kind == "cpu":
         files = {key: str(spec.export(m, examples[key], workdir)) for key, m in models.items()}
-        arrays = {id(x): x.numpy() for job in jobs for x in job.values()}  # one per tensor
         ort_jobs = [{key: (files[key], arrays[id(x)]) for key, x in job.items()} for job in jobs]
-        return measure_onnxruntime_cpu(
-            ort_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
+        return measure_in_process(
+            "onnxruntime", ort_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
+        )
+    if isinstance(spec, EdgeEngine):  # a file per model and input shape (its batch is fixed)
+        edge_files: dict[tuple[K, tuple[int, ...]], str] = {}
+        for job in jobs:
+            for key, x in job.items():
+                if (key, tuple(x.shape)) not in edge_files:
+                    path = spec.export(models[key], x, workdir)
+                    edge_files[key, tuple(x.shape)] = str(path)
+        edge_jobs = [
+            {key: (edge_files[key, tuple(x.shape)], arrays[id(x)]) for key, x in job.items()}
+            for job in jobs
+        ]
+        return measure_in_process(
+            spec.runtime, edge_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
         )
     binders = {
         key: make_engine(

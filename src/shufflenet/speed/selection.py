@@ -19,6 +19,7 @@ from ..io import atomic_path
 from ..models import get_model_info, list_models
 from .baselines import BASELINES, expand_model_names, model_card
 from .bench import BenchConfig, run_bench
+from .engines import AUTO
 
 __all__ = [
     "Candidate",
@@ -97,7 +98,7 @@ def select_model(
     models: Sequence[str] | None = None,
     *,
     baselines: bool = False,
-    engine: str = "eager",
+    engine: str = AUTO,
     device: str = "cpu",
     batch_size: int = 1,
     input_size: tuple[int, int] = (224, 224),
@@ -109,7 +110,8 @@ def select_model(
     """Measure the candidates and choose the most accurate one within ``budget_ms`` per batch.
 
     ``models`` are names or shell patterns (default: :func:`default_candidates`); ``baselines``
-    adds the torchvision reference architectures.
+    adds the torchvision reference architectures. ``engine`` ``auto``: the fastest installed for
+    ``device`` (:func:`~shufflenet.speed.engines.resolve_engine`).
     """
     if not 0 < budget_ms < math.inf:
         raise ValueError(f"budget_ms must be a positive, finite number of ms, got {budget_ms}")
