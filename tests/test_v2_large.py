@@ -12,7 +12,7 @@ from shufflenet.models import AuxOutputs
 from shufflenet.models.v2_large import AuxHead, SEShuffleUnit, ShuffleNetV2Large
 from shufflenet.preprocessing import MEGVII_PREPROCESSING
 from shufflenet.train import TrainConfig, fit
-from shufflenet.train.loop import training_loss
+from shufflenet.train.model import training_loss
 from shufflenet.weights import read_metadata
 
 NAME = "shufflenet_v2_large"
@@ -244,13 +244,13 @@ def test_short_fit(tmp_path, monkeypatch):
 def test_fine_tune_from_weights_without_aux_heads(tmp_path):
     # A converted release without auxiliary heads, with another class count: the backbone comes
     # from the file, the classifiers and the auxiliary heads start fresh.
-    from shufflenet.train.loop import _create_model
+    from shufflenet.train.model import create_run_model
 
     torch.manual_seed(0)
     source = shufflenet.create_model(NAME, num_classes=4, aux_logits=False)
     path = shufflenet.save(source, tmp_path / "release.safetensors")
     config = TrainConfig(model=NAME, init_weights=str(path))
-    model = _create_model(config, num_classes=3, fine_tune=True)
+    model = create_run_model(config, num_classes=3, fine_tune=True)
     assert model.num_classes == 3 and model.aux_heads is not None
     assert model.aux_heads["stage3"].fc.out_features == 3
     loaded = model.state_dict()

@@ -132,6 +132,11 @@ def add_parsers(sub: Any) -> None:
     opt("--threads", type=int, help="CPU threads (default: the cores idle at the start)")
     flag("--amp", help="mixed precision: bf16 autocast (fp16 on GPUs without bf16)")
     flag("--channels-last", help="channels_last (NHWC) memory format")
+    flag(
+        "--fast",
+        help="train V1/V2 in their shuffle-free form (same network and weights, fewer copies)",
+    )
+    flag("--compile", help="torch.compile the training step (forward, loss and backward)")
     opt("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 

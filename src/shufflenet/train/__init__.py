@@ -4,7 +4,8 @@
 :class:`TrainConfig` and writes ``checkpoint.pt``, ``model.safetensors``, ``metrics.csv`` and
 ``curves.png`` into the run directory. Modules: ``config`` (the run's settings and recipe),
 ``schedule`` (lr schedule, weight-decay groups), ``distributed`` (torchrun), ``rng`` (seeding
-and the random state behind exact resume), ``files`` (the run directory's files) and ``loop``
+and the random state behind exact resume), ``files`` (the run directory's files), ``model`` (the
+network a run trains and its loss) and ``loop``
 (the run). Evaluation lives in :mod:`shufflenet.evaluate`; its API is re-exported here.
 """
 

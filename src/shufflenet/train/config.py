@@ -34,7 +34,8 @@ __all__ = [
 
 SCHEDULES = ("linear", "cosine")
 # Fields that may change when a run is resumed; every other field is the recipe.
-RUNTIME_FIELDS = ("out", "device", "workers", "threads", "progress", "resume")
+# Settings that change how a run computes, not what: a resumed run may change them.
+RUNTIME_FIELDS = ("out", "device", "workers", "threads", "progress", "resume", "fast", "compile")
 # The V1 paper: lr 0.5 for a batch of 1024, decayed linearly to 0.
 PAPER_LR = 0.5
 PAPER_BATCH = 1024
@@ -57,6 +58,10 @@ class TrainConfig:
     ``threads`` sets PyTorch's CPU threads for the run; ``None`` on CPU means
     :func:`shufflenet.device.idle_threads` (the checkpoint records the number, so a CLI resume
     reuses it). ``limit_train_batches`` caps the batches per epoch (quick trials).
+    ``fast`` trains the shuffle-free form of V1 and V2 (:func:`shufflenet.deploy.train_model`,
+    the same function and the same SGD trajectory up to float rounding; checkpoints and the
+    weights file hold the standard layout); ``compile`` runs the training step's forward and
+    loss through ``torch.compile``, whose AOTAutograd compiles the backward too.
     ``epochs`` ``None`` chooses the length from the data: about 600 optimizer steps, 15 to 200
     epochs (:func:`~shufflenet.train.schedule.choose_epochs`; 15 for digits); the run logs the
     choice and its checkpoint records it.
@@ -92,6 +97,8 @@ class TrainConfig:
     threads: int | None = None
     amp: bool = False
     channels_last: bool = False
+    fast: bool = False
+    compile: bool = False
     progress: bool = True
     resume: bool = False
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data import DIGITS, load_data
+from ..deploy.train_fast import TrainFastModel, train_model
 from ..device import idle_threads, resolve_device, torch_threads
 from ..evaluate import (
     EvalResult,
@@ -26,13 +27,11 @@ from ..evaluate import (
     to_device,
 )
 from ..io import check_output_path, remove_stale_temps
-from ..models import create_model
-from ..models.backbone import apply_backbone_options
-from ..models.base import AuxOutputs, ShuffleNetBase
-from ..weights import load, load_state_dict_checked, save
+from ..weights import save
 from .config import TrainConfig, check_resume_classes, checkpoint_to_resume
 from .distributed import Dist, all_sum, broadcast, distributed, gather
 from .files import RunFiles, default_run_dir, lock_run_dir, write_checkpoint, write_metrics
+from .model import create_run_model, training_loss
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
 from .schedule import (
     MAX_EPOCHS,
@@ -43,30 +42,9 @@ from .schedule import (
     param_groups,
 )
 
-__all__ = ["FitResult", "fit", "training_loss"]
+__all__ = ["FitResult", "fit"]
 
 Log = Callable[[str], None]
-
-
-def training_loss(
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    output: torch.Tensor | AuxOutputs,
-    target: torch.Tensor,
-    aux_weights: tuple[float, ...] = (),
-) -> torch.Tensor:
-    """``criterion`` on the logits, plus, for a model with auxiliary classifiers
-    (:class:`~shufflenet.models.base.AuxOutputs`), each auxiliary loss times its weight."""
-    if not isinstance(output, AuxOutputs):
-        return criterion(output, target)
-    if len(aux_weights) != len(output.aux):
-        raise ValueError(
-            f"aux_weights needs one weight per auxiliary output ({len(output.aux)}), got "
-            f"{len(aux_weights)}"
-        )
-    loss = criterion(output.logits, target)
-    for weight, aux in zip(aux_weights, output.aux, strict=True):
-        loss = loss + weight * criterion(aux, target)
-    return loss
 
 
 @dataclass
@@ -130,46 +108,6 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _is_classifier(key: str) -> bool:
-    """Whether ``key`` belongs to a layer sized by the class count (``fc``, auxiliary ``fc``)."""
-    return key.startswith("fc.") or (key.startswith("aux_heads.") and ".fc." in key)
-
-
-def _create_model(config: TrainConfig, num_classes: int, fine_tune: bool) -> ShuffleNetBase:
-    """A new ``config.model``; with ``fine_tune``, from ``config.init_weights`` if given (a
-    classifier of another size keeps its fresh weights). ``config.freeze_stages`` freezes
-    its stem and first stages (resumed runs too); the optimizer gets only the trainable
-    parameters, and the weights file records the network alone, not the freezing."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if config.drop_rate:
-        kwargs["drop_rate"] = config.drop_rate
-    model = create_model(config.model, **kwargs)
-    stages = len(model.stage_names)
-    if config.freeze_stages > stages:
-        raise ValueError(
-            f"freeze_stages must be within -1..{stages}: {config.model} has {stages} stages "
-            f"({', '.join(model.stage_names)}), got {config.freeze_stages}"
-        )
-    apply_backbone_options(model, frozen_stages=config.freeze_stages)
-    if not (fine_tune and config.init_weights):
-        return model
-    source = load(config.init_weights)
-    if source.model_config.get("name") != config.model:
-        raise ValueError(
-            f"init_weights {config.init_weights} holds {source.model_config.get('name')}, "
-            f"not {config.model}"
-        )
-    state, fresh = source.state_dict(), model.state_dict()
-    if source.num_classes != model.num_classes:
-        state = {k: v for k, v in state.items() if not _is_classifier(k)}
-        state.update({k: v for k, v in fresh.items() if _is_classifier(k)})
-    # auxiliary heads are for training only: a file without them (a converted release) starts
-    # them fresh
-    state.update({k: v for k, v in fresh.items() if k.startswith("aux_heads.") and k not in state})
-    load_state_dict_checked(model, state)
-    return model
-
-
 class _Run:
     """One training run of :func:`fit`: everything it needs, built and checked (or restored
     from the checkpoint) by the constructor, then the per-epoch work."""
@@ -209,16 +147,20 @@ class _Run:
         self.classes = self.data.classes
 
         seed_all(c.seed)
-        self.model = _create_model(c, len(self.classes), fine_tune=checkpoint is None)
+        self.model = create_run_model(c, len(self.classes), fine_tune=checkpoint is None)
         self.model.to(self.device)
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.net: nn.Module = self.model
+        # The module the optimizer updates: the model, or its shuffle-free training form, which
+        # has the same parameter names and order (checkpoints hold the standard layout).
+        self.fast: TrainFastModel | None = train_model(self.model) if c.fast else None
+        self.trained: nn.Module = self.model if self.fast is None else self.fast
+        self.net: nn.Module = self.trained
         if ctx.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = nn.parallel.DistributedDataParallel(self.trained, device_ids=ids)
         self.optimizer = torch.optim.SGD(
-            param_groups(self.model, c.weight_decay), lr=cast(float, c.lr), momentum=c.momentum
+            param_groups(self.trained, c.weight_decay), lr=cast(float, c.lr), momentum=c.momentum
         )
         # What a DistributedSampler with drop_last gives each process, in whole batches.
         n_batches = self.data.num_train // ctx.world_size // self.local_batch
@@ -238,6 +180,9 @@ class _Run:
         # Loss weights of the auxiliary classifiers (SE-ShuffleNet v2-164), read from the model
         # itself, not the DDP wrapper.
         self.aux_loss_weights = tuple(getattr(self.model, "aux_loss_weights", ()))
+        self.step_loss = self._loss
+        if c.compile:
+            self.step_loss = torch.compile(self._loss)
 
         # Each process draws its own augmentation and dropout.
         seed_all(c.seed + ctx.rank)
@@ -246,6 +191,16 @@ class _Run:
         if checkpoint is not None:
             self.start_epoch, self.history = self._restore(checkpoint)
 
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (what ``compile`` compiles, with its backward)."""
+        with autocast(self.device, self.amp_dtype):
+            return training_loss(self.criterion, self.net(x), y, self.aux_loss_weights)
+
+    def sync_model(self) -> None:
+        """Copy the fast form's weights and statistics into the standard model."""
+        if self.fast is not None:
+            self.model.load_state_dict(self.fast.state_dict())  # in the standard layout
+
     def log(self, message: str) -> None:
         if self._log is not None and self.ctx.is_main:
             self._log(message)
@@ -253,7 +208,11 @@ class _Run:
     def _restore(self, ckpt: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
         """Load the checkpoint's states; returns its epoch and history."""
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.fast is None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            self.fast.load_state_dict(ckpt["model"])
+            self.fast.load_standard_optimizer_state(self.optimizer, ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         epoch = int(ckpt["epoch"])
@@ -311,8 +270,7 @@ class _Run:
                 break
             x = to_device(x, self.device, c.channels_last)
             y = y.to(self.device, non_blocking=True)
-            with autocast(self.device, self.amp_dtype):
-                loss = training_loss(self.criterion, self.net(x), y, self.aux_loss_weights)
+            loss = self.step_loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -401,7 +359,11 @@ class _Run:
             "world_size": self.ctx.world_size,
             "classes": self.classes,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": (
+                self.optimizer.state_dict()
+                if self.fast is None
+                else self.fast.standard_optimizer_state(self.optimizer)
+            ),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng,
@@ -463,6 +425,7 @@ class _Run:
         for epoch in range(self.start_epoch, self.epochs):
             epoch_start = time.perf_counter()
             train_loss, rate, lr = self.train_epoch(epoch)
+            self.sync_model()  # validation and the files see the standard model
             result = self.validate()
             row = {
                 "epoch": epoch + 1,
