@@ -282,8 +282,10 @@ def test_train_config_validation_raises_value_error_or_gives_a_usable_config(val
         assert 0 <= getattr(config, name) < 1
     for name in ("weight_decay", "warmup_epochs"):
         assert math.isfinite(getattr(config, name)) and getattr(config, name) >= 0
-    for name in ("epochs", "batch_size", "bn_recalibrate", "seed"):
+    for name in ("batch_size", "bn_recalibrate", "seed"):
         assert type(getattr(config, name)) is int and getattr(config, name) >= 0
+    # None: the run chooses the length from the data
+    assert config.epochs is None or (type(config.epochs) is int and config.epochs >= 1)
     assert config.freeze_stages == -1  # freezing needs init_weights, which is not given
 
 

@@ -201,8 +201,8 @@ def test_help_quotes_the_real_defaults():
     helps = {a.dest: a.help or "" for a in train._actions}
     d = TrainConfig()
     assert d.lr is None and "0.5 x batch/1024" in helps["lr"]
+    assert d.epochs is None and "about 600 optimizer steps" in helps["epochs"]
     for name in (
-        "epochs",
         "batch_size",
         "momentum",
         "weight_decay",
