@@ -50,7 +50,7 @@ from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_
 from shufflenet.export.onnx import to_onnx
 from shufflenet.runtimes import openvino_core, ort_session
 from shufflenet.speed.bench import machine_info
-from shufflenet.speed.ort_worker import measure_onnxruntime_cpu
+from shufflenet.speed.ort_worker import measure_in_process
 from shufflenet.timer import Timing
 
 THREADS = 2
@@ -156,8 +156,8 @@ def ort_interleaved(
     probe.run(None, feed)
     per_round = max(2, int(seconds / max(time.perf_counter() - t0, 1e-6)))
     job = {name: (str(path), x) for name, path in files.items()}
-    (timings,) = measure_onnxruntime_cpu(
-        [job], threads=THREADS, runs=rounds * per_round, warmup=3, rounds=rounds
+    (timings,) = measure_in_process(
+        "onnxruntime", [job], threads=THREADS, runs=rounds * per_round, warmup=3, rounds=rounds
     )
     return {name: round_medians(t, rounds) for name, t in timings.items()}
 

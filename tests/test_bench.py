@@ -21,7 +21,7 @@ from shufflenet.speed.engines import (
     resolve_engine,
     time_engine,
 )
-from shufflenet.speed.ort_worker import measure_onnxruntime_cpu
+from shufflenet.speed.ort_worker import measure_in_process
 from shufflenet.speed.timing import plot_timing, time_layers
 from shufflenet.timer import Timing, measure
 
@@ -107,12 +107,12 @@ def test_onnxruntime_timing_process_shares_one_pool(tmp_path):
     path = str(export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32)))
     x1, x2 = (np.zeros((b, 3, 32, 32), np.float32) for b in (1, 2))
     jobs = [{"a": (path, x1), "b": (path, x1)}, {("a", 2): (path, x2)}]
-    results = measure_onnxruntime_cpu(jobs, threads=1, runs=4, warmup=1, rounds=2)
+    results = measure_in_process("onnxruntime", jobs, threads=1, runs=4, warmup=1, rounds=2)
     assert [set(r) for r in results] == [{"a", "b"}, {("a", 2)}]
     assert all(len(t.samples_ms) == 4 and t.median_ms > 0 for r in results for t in r.values())
     bad = [{"a": (path, np.zeros((1, 3, 32, 31), np.float32))}]  # the model's width is fixed
     with pytest.raises(RuntimeError, match="dimensions"):
-        measure_onnxruntime_cpu(bad, threads=1, runs=1, warmup=0)
+        measure_in_process("onnxruntime", bad, threads=1, runs=1, warmup=0)
 
 
 @pytest.mark.parametrize(

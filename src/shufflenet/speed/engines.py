@@ -117,7 +117,7 @@ class OnnxEngine(EngineSpec):
 
     With a ``layout``, V1 and V2 models are exported shuffle-free in it (other models as they
     are). ``ort_worker``: on the CPU, timed in the ONNX Runtime process of
-    :func:`~shufflenet.speed.ort_worker.measure_onnxruntime_cpu`.
+    :func:`~shufflenet.speed.ort_worker.measure_in_process`.
     """
 
     run: Callable[[Path, torch.device, int | None], Binder]

@@ -38,7 +38,6 @@ __all__ = [
     "OrtJob",
     "Runner",
     "measure_in_process",
-    "measure_onnxruntime_cpu",
 ]
 
 K = TypeVar("K")
@@ -162,27 +161,6 @@ def _worker(spec: dict[str, Any]) -> list[list[list[float]]]:
         timings = measure(runners, runs=spec["runs"], warmup=spec["warmup"], rounds=spec["rounds"])
         results.append([list(timings[i].samples_ms) for i in range(len(job))])
     return results
-
-
-def measure_onnxruntime_cpu(
-    jobs: Sequence[OrtJob[K]],
-    *,
-    threads: int | None,
-    runs: int,
-    warmup: int,
-    rounds: int = 5,
-    expected: Sequence[Mapping[K, np.ndarray]] | None = None,
-) -> list[dict[K, Timing]]:
-    """:func:`measure_in_process` for ONNX Runtime."""
-    return measure_in_process(
-        "onnxruntime",
-        jobs,
-        threads=threads,
-        runs=runs,
-        warmup=warmup,
-        rounds=rounds,
-        expected=expected,
-    )
 
 
 def measure_in_process(
