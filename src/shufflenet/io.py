@@ -21,6 +21,7 @@ __all__ = [
     "atomic_path",
     "check_output_path",
     "remove_stale_temps",
+    "write_bytes",
     "write_json",
     "write_text",
 ]
@@ -106,6 +107,13 @@ def check_output_path(
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{name} {target}: cannot write in {folder}")
     return target
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -172,7 +172,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also write FILE.int8.EXT (onnx, litert, executorch) and compare it with fp32",
+        help="also write FILE.int8.EXT (onnx, litert, executorch, mnn) and compare it with fp32",
     )
     p.add_argument("--calib", help="with --int8: 'digits' or an image folder")
     p.add_argument(

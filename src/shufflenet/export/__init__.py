@@ -1,5 +1,5 @@
 """Exports that verify themselves: ONNX, TorchScript, ncnn, LiteRT, ExecuTorch and MNN, plus
-int8 for ONNX, LiteRT and ExecuTorch.
+int8 for ONNX, LiteRT, ExecuTorch and MNN.
 
 Every export starts from a copy with the BatchNorms folded and the shuffles expressed with
 constant indices (:mod:`shufflenet.deploy`), or, for ONNX by default, from the shuffle-free graph

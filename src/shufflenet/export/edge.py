@@ -29,19 +29,21 @@ from ..preprocessing import check_input_size
 from ..timer import TimedRun, measure
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
-from .calibration import image_batches
+from .calibration import calibration_data, image_batches
 from .check import compare_with_model
-from .int8 import Int8Report
+from .int8 import Int8Report, Int8Result
 from .metadata import model_metadata, sample_inputs
 from .onnx import plain_graph
-from .spec import ExportOptions
+from .spec import ExportFormat, ExportOptions
 
 __all__ = [
     "EDGE_LAYOUT",
     "EdgeGraph",
     "EdgeModel",
+    "EdgeQuantize",
     "check_edge_metadata",
     "compare_edge_int8",
+    "edge_format",
     "edge_graph",
     "edge_int8_path",
     "pt2e_calibrated",
@@ -200,6 +202,68 @@ def verify_edge(
         opened.input_size,
         tolerance,
     )
+
+
+# Writes a format's int8 file: (model, fp32 file, int8 file, options, calibration images); returns
+# the ``quantization`` record the file's metadata carries.
+EdgeQuantize = Callable[[ShuffleNetBase, Path, Path, ExportOptions, Tensor], dict[str, Any]]
+
+
+def edge_format(
+    description: str,
+    export: Callable[[ShuffleNetBase, Path, ExportOptions], Path | list[Path]],
+    opener: Callable[[Path, int | None], EdgeModel],
+    *,
+    files: Callable[[Path], list[Path]] = lambda path: [path],
+    quantize: EdgeQuantize | None = None,
+) -> ExportFormat:
+    """The :class:`~shufflenet.export.ExportFormat` of an edge format: ``export`` writes the
+    files of one path (``files`` lists them), ``opener(path, threads)`` opens one in its
+    runtime for :func:`verify_edge`; ``quantize``, if any, writes the int8 ``FILE.int8.EXT``,
+    which is then compared with the fp32 file on the calibration set's evaluation images
+    (:func:`compare_edge_int8`)."""
+
+    def write(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
+        written = export(model, path, options)
+        return written if isinstance(written, list) else [written]
+
+    def verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
+        return [verify_edge(opener(path, None), model)]
+
+    return ExportFormat(
+        description,
+        write,
+        verify,
+        int8=quantize is not None,
+        files=files,
+        quantize=None if quantize is None else _int8_writer(quantize, opener),
+        int8_files=lambda path: files(edge_int8_path(path)),
+    )
+
+
+def _int8_writer(
+    quantize: EdgeQuantize, opener: Callable[[Path, int | None], EdgeModel]
+) -> Callable[..., Int8Result]:
+    """An :class:`~shufflenet.export.ExportFormat`'s ``quantize``: ``quantize`` writes the int8
+    file, which is then compared with the fp32 one on ``calib``'s evaluation images."""
+
+    def write_int8(
+        model: ShuffleNetBase,
+        path: Path,
+        calib: str,
+        options: ExportOptions,
+        data: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Int8Result:
+        if data is None:
+            preprocessing = model_metadata(model, options.input_size)["preprocessing"]
+            data = calibration_data(calib, preprocessing)
+        calibration, images, labels = data
+        target = edge_int8_path(path)
+        record = quantize(model, path, target, options, calibration)
+        report = compare_edge_int8(opener(path, 1), opener(target, 1), images, labels)
+        return Int8Result(target, calib, record["weights"], report, [])
+
+    return write_int8
 
 
 # -- int8 ----------------------------------------------------------------------------------------

@@ -19,35 +19,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_path
+from ..io import write_bytes
 from ..models.base import ShuffleNetBase
 from ..runtimes import executorch_program, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
-from .calibration import calibration_data
 from .edge import (
     EdgeGraph,
     EdgeModel,
     check_edge_metadata,
-    compare_edge_int8,
+    edge_format,
     edge_graph,
-    edge_int8_path,
     pt2e_calibrated,
     verify_edge,
 )
-from .int8 import Int8Result
-from .spec import ExportFormat, ExportOptions
+from .spec import ExportOptions
 from .xnnpack import xnnpack_graph
 
 __all__ = [
     "EXECUTORCH",
+    "EXECUTORCH_INT8",
     "PTE_METADATA",
     "delegated_fraction",
     "export_executorch",
-    "export_executorch_int8",
     "open_executorch",
     "read_pte_metadata",
     "to_pte",
+    "to_pte_int8",
     "verify_executorch",
+    "write_executorch_int8",
 ]
 
 PTE_METADATA = "shufflenet_metadata"  # the constant method that returns the metadata JSON
@@ -91,13 +90,6 @@ def delegated_fraction(graph_module: Any) -> float:
     return 1.0 if delegated + outside == 0 else delegated / (delegated + outside)
 
 
-def _export(graph: EdgeGraph, path: str | os.PathLike[str], module: Any) -> Path:
-    data = to_pte(module, graph.example, graph.metadata)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def export_executorch(
     model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions
 ) -> Path:
@@ -106,7 +98,7 @@ def export_executorch(
     :func:`~shufflenet.export.edge.edge_graph`), ``to_edge_transform_and_lower`` with the
     XNNPACK partitioner, NCHW input, ``options.batch`` fixed (1 if None), fp32."""
     graph = _graph(model, options)
-    return _export(graph, path, graph.module)
+    return write_bytes(path, to_pte(graph.module, graph.example, graph.metadata))
 
 
 def _graph(model: ShuffleNetBase, options: ExportOptions) -> EdgeGraph:
@@ -173,56 +165,47 @@ def verify_executorch(
     return verify_edge(open_executorch(path), model, tolerance)
 
 
-def export_executorch_int8(
-    model: ShuffleNetBase,
-    path: str | os.PathLike[str],
-    calib: str,
-    options: ExportOptions,
-    data: tuple[Tensor, Tensor, Tensor] | None = None,
-) -> Int8Result:
-    """int8 ``FILE.int8.pte`` beside the fp32 ``FILE.pte`` at ``path``: ExecuTorch's PT2E
-    ``XNNPACKQuantizer`` (int8 weights symmetric per output channel, int8 activations
-    calibrated on ``calib``'s images), lowered to XNNPACK's int8 kernels; input and output stay
-    float32. Compared with the fp32 file on ``calib``'s evaluation images."""
+# What the int8 file's metadata says of its quantization.
+EXECUTORCH_INT8 = {
+    "method": "PT2E (ExecuTorch XNNPACKQuantizer)",
+    "weights": "int8 symmetric per-channel",
+    "activations": "int8 per-tensor, calibrated",
+}
+
+
+def to_pte_int8(
+    module: Any, example: Tensor, calibration: Tensor, metadata: dict[str, Any] | None = None
+) -> bytes:
+    """Any ``module`` quantized by ExecuTorch's PT2E ``XNNPACKQuantizer`` (int8 weights
+    symmetric per output channel, int8 activations calibrated on ``calibration``) and lowered
+    at ``example``'s shape to XNNPACK's int8 kernels, as ``.pte`` bytes; input and output stay
+    float32. ``metadata`` as in :func:`to_pte`."""
     quantizer_module = require(
         "executorch",
         "ExecuTorch int8 export",
         "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
     )
-    graph = _graph(model, options)
-    if data is None:
-        data = calibration_data(calib, graph.metadata["preprocessing"])
-    calibration, images, labels = data
     quantizer = quantizer_module.XNNPACKQuantizer().set_global(
         quantizer_module.get_symmetric_quantization_config(is_per_channel=True)
     )
-    converted = pt2e_calibrated(graph, quantizer, calibration)
-    graph.metadata["quantization"] = {
-        "method": "PT2E (ExecuTorch XNNPACKQuantizer)",
-        "weights": "int8 symmetric per-channel",
-        "activations": "int8 per-tensor, calibrated",
-        "calibration_images": len(calibration),
-    }
-    quantized = edge_int8_path(path)
-    _export(graph, quantized, converted)
-    fp32, int8 = open_executorch(path, 1), open_executorch(quantized, 1)
-    report = compare_edge_int8(fp32, int8, images, labels)
-    return Int8Result(quantized, calib, graph.metadata["quantization"]["weights"], report, [])
+    converted = pt2e_calibrated(EdgeGraph(module, example, metadata or {}), quantizer, calibration)
+    return to_pte(converted, example, metadata)
 
 
-def _export_format(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
-    return [export_executorch(model, path, options)]
+def write_executorch_int8(
+    model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
+) -> dict[str, Any]:
+    """The int8 ``.pte`` ``target``: :func:`to_pte_int8` of the graph :func:`export_executorch`
+    lowers, calibrated on ``calibration``; returns its ``quantization`` record."""
+    graph = _graph(model, options)
+    graph.metadata["quantization"] = {**EXECUTORCH_INT8, "calibration_images": len(calibration)}
+    write_bytes(target, to_pte_int8(graph.module, graph.example, calibration, graph.metadata))
+    return graph.metadata["quantization"]
 
 
-def _verify_format(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
-    return [verify_executorch(path, model)]
-
-
-EXECUTORCH = ExportFormat(
+EXECUTORCH = edge_format(
     "ExecuTorch .pte lowered to XNNPACK (NCHW input, fixed batch), checked in ExecuTorch",
-    _export_format,
-    _verify_format,
-    int8=True,
-    quantize=export_executorch_int8,
-    int8_files=lambda path: [edge_int8_path(path)],
+    export_executorch,
+    open_executorch,
+    quantize=write_executorch_int8,
 )

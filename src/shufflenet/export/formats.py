@@ -1,6 +1,6 @@
 """The export formats, one table: :data:`FORMATS` (name -> exporter and verifier), and
-:func:`export_model`, which writes a format, verifies it and, for ONNX, LiteRT and ExecuTorch,
-can add int8.
+:func:`export_model`, which writes a format, verifies it and, for ONNX, LiteRT, ExecuTorch and
+MNN, can add int8.
 
 Adding a format is one module with its exporter and verifier and an :class:`ExportFormat`
 entry, plus its row here; the CLI reads its ``--format`` choices from this table.

@@ -43,6 +43,7 @@ __all__ = [
     "int8_path",
     "int8_types",
     "quantize_int8",
+    "quantize_onnx",
 ]
 
 # The ``weights`` choices of :func:`quantize_int8` and :func:`export_int8`.
@@ -121,6 +122,35 @@ def _quantize(
 ) -> dict[str, Any]:
     """Quantize the ONNX model ``fp32`` into ``out_path``; returns its ``quantization`` entry."""
     import onnx
+
+    metadata = read_onnx_metadata(fp32)
+    proto = quantize_onnx(fp32, calibration, batch, batch_size, activations, weights)
+    metadata["quantization"] = {
+        "method": "onnxruntime static QDQ",
+        "weights": f"{weights} per-channel",
+        "activations": f"{activations} per-tensor, min/max calibration",
+        "calibration_images": len(calibration),
+    }
+    write_onnx_metadata(proto, metadata)
+    onnx.checker.check_model(proto)
+    with atomic_path(out_path) as tmp_out:
+        onnx.save(proto, str(tmp_out))
+    return metadata["quantization"]
+
+
+def quantize_onnx(
+    fp32: bytes,
+    calibration: Tensor,
+    batch: int | None = None,
+    batch_size: int = 16,
+    activations: str = "uint8",
+    weights: str = "int8",
+) -> Any:
+    """Any ONNX model (bytes, one input named ``input``) quantized by ONNX Runtime's static
+    QDQ quantizer: per-channel ``weights``, per-tensor ``activations`` from min/max over
+    ``calibration`` (in batches of ``batch``, or ``batch_size`` for a free batch axis); the
+    ``onnx.ModelProto``. :func:`export_int8` is this for our models, with metadata and report."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -130,11 +160,9 @@ def _quantize(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    metadata = read_onnx_metadata(fp32)
     chunks = image_batches(calibration, batch or batch_size, batch is not None)
     if not chunks:
         raise ValueError(f"{len(calibration)} calibration images make no batch of {batch}")
-
     with tempfile.TemporaryDirectory() as tmp:
         source, prepared, quantized = (Path(tmp, f) for f in ("fp32", "prepared", "int8"))
         source.write_bytes(fp32)
@@ -151,17 +179,7 @@ def _quantize(
         )
         proto = onnx.load(str(quantized))
     _uniform_weight_zero_points(proto)
-    metadata["quantization"] = {
-        "method": "onnxruntime static QDQ",
-        "weights": f"{weights} per-channel",
-        "activations": f"{activations} per-tensor, min/max calibration",
-        "calibration_images": len(calibration),
-    }
-    write_onnx_metadata(proto, metadata)
-    onnx.checker.check_model(proto)
-    with atomic_path(out_path) as tmp_out:
-        onnx.save(proto, str(tmp_out))
-    return metadata["quantization"]
+    return proto
 
 
 def _uniform_weight_zero_points(proto: Any) -> None:

@@ -20,34 +20,35 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from ..io import atomic_path
+from ..io import write_bytes
 from ..models.base import ShuffleNetBase
 from ..runtimes import litert_interpreter, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
-from .calibration import calibration_data
 from .edge import (
     EdgeGraph,
     EdgeModel,
     check_edge_metadata,
-    compare_edge_int8,
+    edge_format,
     edge_graph,
-    edge_int8_path,
     pt2e_calibrated,
     verify_edge,
 )
-from .int8 import Int8Result
-from .spec import ExportFormat, ExportOptions
+from .spec import ExportOptions
 from .xnnpack import strided_splits_as_slices
 
 __all__ = [
     "LITERT",
+    "LITERT_INT8",
     "TFLITE_METADATA",
+    "dequantize_output",
     "export_litert",
-    "export_litert_int8",
     "open_litert",
+    "quantize_input",
     "read_tflite_metadata",
     "to_tflite",
+    "to_tflite_int8",
     "verify_litert",
+    "write_litert_int8",
 ]
 
 TFLITE_METADATA = "shufflenet"  # the name of our entry in the flatbuffer's metadata
@@ -141,13 +142,6 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     )
 
 
-def _export(graph: EdgeGraph, path: str | os.PathLike[str], module: nn.Module, **kw: Any) -> Path:
-    data = to_tflite(module, graph.example, graph.metadata, **kw)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def export_litert(
     model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions
 ) -> Path:
@@ -156,7 +150,7 @@ def export_litert(
     :func:`~shufflenet.export.edge.edge_graph`), NHWC input, ``options.batch`` fixed (1 if
     None), fp32 weights."""
     graph = _graph(model, options)
-    return _export(graph, path, graph.module)
+    return write_bytes(path, to_tflite(graph.module, graph.example, graph.metadata))
 
 
 def _graph(model: ShuffleNetBase, options: ExportOptions) -> EdgeGraph:
@@ -186,14 +180,16 @@ def open_litert(path: str | os.PathLike[str], threads: int | None = None) -> Edg
     metadata = check_edge_metadata(metadata, path, source["shape"], sink["shape"])
 
     def run(x: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(source["index"], _quantize(x, source))
+        interpreter.set_tensor(source["index"], quantize_input(x, source))
         interpreter.invoke()
-        return _dequantize(interpreter.get_tensor(sink["index"]), sink)
+        return dequantize_output(interpreter.get_tensor(sink["index"]), sink)
 
     return EdgeModel("litert", Path(path), metadata, run, runtime=interpreter)
 
 
-def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """``x`` as the input tensor ``detail`` (an interpreter's input details) takes it: float32
+    as it is, int8 quantized with the tensor's scale and zero point."""
     dtype = np.dtype(detail["dtype"])
     if dtype == np.float32:
         return x
@@ -202,7 +198,8 @@ def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
-def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """An output tensor (``detail``: its output details) as float32, a copy."""
     if np.dtype(detail["dtype"]) == np.float32:
         return y.copy()
     scale, zero = detail["quantization"]
@@ -221,56 +218,53 @@ def verify_litert(
     return verify_edge(open_litert(path), model, tolerance)
 
 
-def export_litert_int8(
-    model: ShuffleNetBase,
-    path: str | os.PathLike[str],
-    calib: str,
-    options: ExportOptions,
-    data: tuple[Tensor, Tensor, Tensor] | None = None,
-) -> Int8Result:
-    """Full-integer int8 ``FILE.int8.tflite`` beside the fp32 ``FILE.tflite`` at ``path``:
-    litert-torch's PT2E quantizer (int8 weights symmetric per output channel, int8 activations
-    from histogram calibration on ``calib``'s images), lowered by litert-torch to int8 kernels
-    with int8 input and output; compared with the fp32 file on ``calib``'s evaluation images."""
+# What the int8 file's metadata says of its quantization.
+LITERT_INT8 = {
+    "method": "PT2E (litert-torch PT2EQuantizer), full-integer",
+    "weights": "int8 symmetric per-channel",
+    "activations": "int8 per-tensor, histogram calibration",
+}
+
+
+def to_tflite_int8(
+    module: nn.Module,
+    example: Tensor,
+    calibration: Tensor,
+    metadata: dict[str, Any] | None = None,
+) -> bytes:
+    """Any ``module`` that takes NCHW images as full-integer int8 ``.tflite`` bytes: litert-torch's
+    PT2E quantizer (int8 weights symmetric per output channel, int8 activations from histogram
+    calibration on the NCHW ``calibration`` images), lowered at ``example``'s shape to int8
+    kernels with NHWC int8 input and output; ``metadata`` as in :func:`to_tflite`."""
     pt2e = require("litert", "LiteRT int8 export", "litert_torch.quantize.pt2e_quantizer")
     config = require("litert", "LiteRT int8 export", "litert_torch.quantize.quant_config")
-    graph = _graph(model, options)
-    if data is None:
-        data = calibration_data(calib, graph.metadata["preprocessing"])
-    calibration, images, labels = data
-    nhwc = EdgeGraph(_FromNHWC(graph.module), graph.example.permute(0, 2, 3, 1), graph.metadata)
+    nhwc = EdgeGraph(_FromNHWC(module), example.permute(0, 2, 3, 1), metadata or {})
     quantizer = pt2e.PT2EQuantizer().set_global(
         pt2e.get_symmetric_quantization_config(is_per_channel=True)
     )
     converted = pt2e_calibrated(
         nhwc, quantizer, calibration.permute(0, 2, 3, 1), fold_quantize=False
     )
-    graph.metadata["quantization"] = {
-        "method": "PT2E (litert-torch PT2EQuantizer), full-integer",
-        "weights": "int8 symmetric per-channel",
-        "activations": "int8 per-tensor, histogram calibration",
-        "calibration_images": len(calibration),
-    }
-    quantized = edge_int8_path(path)
+    converted.training = False  # in eval form already; litert-torch warns on the flag alone
     quant_config = config.QuantConfig(pt2e_quantizer=quantizer)
-    _export(nhwc, quantized, converted, nhwc=False, quant_config=quant_config)
-    report = compare_edge_int8(open_litert(path, 1), open_litert(quantized, 1), images, labels)
-    return Int8Result(quantized, calib, graph.metadata["quantization"]["weights"], report, [])
+    return to_tflite(converted, nhwc.example, metadata, nhwc=False, quant_config=quant_config)
 
 
-def _export_format(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
-    return [export_litert(model, path, options)]
+def write_litert_int8(
+    model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
+) -> dict[str, Any]:
+    """The full-integer int8 ``.tflite`` ``target``: :func:`to_tflite_int8` of the graph
+    :func:`export_litert` converts, calibrated on ``calibration``; returns its ``quantization``
+    record."""
+    graph = _graph(model, options)
+    graph.metadata["quantization"] = {**LITERT_INT8, "calibration_images": len(calibration)}
+    write_bytes(target, to_tflite_int8(graph.module, graph.example, calibration, graph.metadata))
+    return graph.metadata["quantization"]
 
 
-def _verify_format(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
-    return [verify_litert(path, model)]
-
-
-LITERT = ExportFormat(
+LITERT = edge_format(
     "LiteRT .tflite via litert-torch (NHWC input, fixed batch), checked in LiteRT",
-    _export_format,
-    _verify_format,
-    int8=True,
-    quantize=export_litert_int8,
-    int8_files=lambda path: [edge_int8_path(path)],
+    export_litert,
+    open_litert,
+    quantize=write_litert_int8,
 )
