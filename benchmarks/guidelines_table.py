@@ -23,7 +23,9 @@ from shufflenet.speed.guidelines import GuidelinesConfig, plot_table, run_guidel
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    config = GuidelinesConfig(quick=args.quick, threads=args.threads, runs=args.runs)
+    config = GuidelinesConfig(
+        quick=args.quick, threads=args.threads, runs=args.runs, engine=args.engine
+    )
     results = []
     for i in range(args.repeat):
         print(f"run {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
@@ -95,6 +97,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--engine", default="eager", help="bench engine (default eager: the README's table)"
+    )
     args = parser.parse_args()
     data = json.loads(args.source.read_text()) if args.source else measure(args)
     print(markdown(data))

@@ -116,8 +116,10 @@ def _cmd_guidelines(args: argparse.Namespace) -> int:
             ),
         )
         print()
+    engine = _auto_engine(args.device) if args.engine == AUTO else args.engine
     print(
-        f"speeds in images/s at batch {config.batch_size} (paper: GPU batches/s, ARM images/s); "
+        f"engine: {engine}; speeds in images/s at batch {config.batch_size} (paper: GPU "
+        "batches/s, ARM images/s); "
         f"(x) = relative to the first row\nwrote {out / 'guidelines.json'} and "
         + ", ".join(f"{t.key.lower()}.png" for t in result.tables)
     )
@@ -226,7 +228,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", default="guidelines", help="folder for the JSON and the plots")
     p.add_argument("--quick", action="store_true", help="first column only, fewer runs (~1 min)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--engine", default="eager", help=f"one of {engines} (default eager)")
+    p.add_argument("--engine", default=AUTO, help=f"one of {engines} (default {auto})")
     p.add_argument(
         "--tables", type=comma_list(str), default=["G1", "G2", "G3", "G4"], help="e.g. G1,G4"
     )

@@ -161,11 +161,10 @@ class EdgeEngine(EngineSpec):
     devices: tuple[str, ...] = ("cpu",)
     shuffle_free: bool = True
 
-    def export(self, model: nn.Module, example: Tensor, workdir: Workdir) -> Path:
-        """The file this engine runs, for ``example``'s shape, in a fresh folder of
-        ``workdir``."""
+    def graph(self, model: nn.Module, example: Tensor) -> nn.Module:
+        """The module this engine converts for ``example``'s shape (the input of ``convert``,
+        and of an int8 converter)."""
         module = model.eval()
-        example = example.detach().cpu()
         if isinstance(model, ShuffleNetBase):
             if fastpath_support(model) is None:
                 module = fast_model(model, EDGE_LAYOUT).eval()
@@ -173,8 +172,14 @@ class EdgeEngine(EngineSpec):
                 module = plain_graph(model, (example.shape[2], example.shape[3]))
             if self.rewrite is not None:
                 module = self.rewrite(module, example)
+        return module
+
+    def export(self, model: nn.Module, example: Tensor, workdir: Workdir) -> Path:
+        """The file this engine runs, for ``example``'s shape, in a fresh folder of
+        ``workdir``."""
+        example = example.detach().cpu()
         folder = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir))
-        return self.convert(module, example, folder)
+        return self.convert(self.graph(model, example), example, folder)
 
     def bind(
         self,

@@ -36,7 +36,7 @@ from ..device import resolve_device, torch_threads
 from ..io import atomic_path
 from ..limits import check_batch, check_timing
 from .bench import machine_info
-from .engines import engine_spec, time_engine
+from .engines import AUTO, engine_spec, resolve_engine, time_engine
 
 __all__ = [
     "GUIDELINE_TABLES",
@@ -254,7 +254,7 @@ class GuidelinesConfig:
     quick: bool = False
     batch_size: int = 1
     threads: int | None = None
-    engine: str = "eager"
+    engine: str = AUTO  # the fastest installed for the device (resolve_engine)
     runs: int | None = None  # default 15 (quick) or 30
     warmup: int | None = None  # default 2 (quick) or 5
     tables: Sequence[str] = ("G1", "G2", "G3", "G4")
@@ -337,6 +337,7 @@ def run_guidelines(
     settings = {**asdict(config), "runs": runs, "warmup": warmup, "input_size": INPUT_SIZE}
     settings["tables"] = [key.upper() for key in config.tables]
     settings["device"] = resolve_device(config.device).type
+    settings["engine"] = resolve_engine(config.engine, config.device)
     result = GuidelineResult(machine_info(config.device), settings)
     note = progress or (lambda _msg: None)
     with torch_threads(config.threads) as threads, tempfile.TemporaryDirectory() as workdir:
@@ -379,7 +380,7 @@ def run_guidelines(
                     nets[i] = net
                     inputs[i] = torch.randn(config.batch_size, c_in, INPUT_SIZE, INPUT_SIZE)
                 (timings,) = time_engine(
-                    config.engine,
+                    settings["engine"],
                     nets,
                     {i: x[:1] for i, x in inputs.items()},
                     [inputs],

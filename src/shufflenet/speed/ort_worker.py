@@ -63,18 +63,20 @@ def _open_onnxruntime(path: str, threads: int | None) -> Runner:
 
 def _open_litert(path: str, threads: int | None) -> Runner:
     """A ``.tflite`` file taking one NHWC batch (as :func:`~shufflenet.export.to_tflite`
-    writes them), in LiteRT's interpreter with its XNNPACK delegate."""
+    writes them), in LiteRT's interpreter with its XNNPACK delegate; an int8 file's input is
+    quantized when bound, its output dequantized when run (as an app would)."""
+    from ..export.litert import dequantize_output, quantize_input
+
     interpreter = litert_interpreter(path, threads)
-    source = interpreter.get_input_details()[0]["index"]
-    sink = interpreter.get_output_details()[0]["index"]
+    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def bind(x: np.ndarray) -> Callable[[], Any]:
-        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        nhwc = quantize_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), source)
 
         def run() -> np.ndarray:
-            interpreter.set_tensor(source, nhwc)
+            interpreter.set_tensor(source["index"], nhwc)
             interpreter.invoke()
-            return interpreter.get_tensor(sink)  # type: ignore[no-any-return]
+            return dequantize_output(interpreter.get_tensor(sink["index"]), sink)
 
         return run
 
