@@ -38,11 +38,12 @@ import torch
 
 CONFIGS = ("torchvision", "ours", "fast", "fast_compile")
 THREADS = 2
+MODEL = "shufflenet_v2_x1_0"  # torchvision has the same name
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.json"
 
 
 # -- one configuration, in its own process ---------------------------------------------------
-def _model(config: str) -> torch.nn.Module:
+def _model(config: str, name: str = MODEL) -> torch.nn.Module:
     import torchvision
 
     import shufflenet
@@ -50,8 +51,8 @@ def _model(config: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     if config == "torchvision":
-        return torchvision.models.shufflenet_v2_x1_0(weights=None)
-    model = shufflenet.create_model("shufflenet_v2_x1_0")
+        return torchvision.models.get_model(name, weights=None)
+    model = shufflenet.create_model(name)
     return model if config == "ours" else train_model(model)
 
 
@@ -106,7 +107,9 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
-    model = _model(job["config"]).to(device, memory_format=torch.channels_last).train()
+    model = (
+        _model(job["config"], job["model"]).to(device, memory_format=torch.channels_last).train()
+    )
     opt = torch.optim.SGD(param_groups(model, 4e-5), lr=0.01, momentum=0.9)
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -137,7 +140,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         if mode != "step" or record["compiled"] is None:
             raise
         record["fallback"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        model = _model(job["config"]).to(device, memory_format=torch.channels_last).train()
+        model = (
+            _model(job["config"], job["model"])
+            .to(device, memory_format=torch.channels_last)
+            .train()
+        )
         opt = torch.optim.SGD(param_groups(model, 4e-5), lr=0.01, momentum=0.9)
         step, record["compiled"] = _step_function(job["config"], model, opt, amp, "fwd")
         for _ in range(3):
@@ -195,6 +202,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for config in args.configs:
                         job = {
                             "config": config,
+                            "model": args.model,
                             "batch": batch,
                             "size": size,
                             "device": device,
@@ -251,6 +259,7 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     clock = results.get("settings", {}).get("clock", "wall")
     lines = [
+        f"{results.get('settings', {}).get('model', MODEL)}; "
         f"CPU: {m['cpu']} ({', '.join(m.get('simd') or [])}); torch {m['torch']}; "
         f"load average {m.get('load_average_1min')}"
         + (f"; GPU: {m['gpu']}" if "gpu" in m else "")
@@ -280,6 +289,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--model", default=MODEL, help="a ShuffleNet V2 that torchvision has too (same name)"
+    )
     parser.add_argument(
         "--batches", type=lambda s: [int(b) for b in s.split(",")], default=[32, 128]
     )
