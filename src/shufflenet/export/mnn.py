@@ -1,8 +1,8 @@
 """MNN export: our ONNX export converted by MNN's converter to ``FILE.mnn``, the metadata in
 ``FILE.json`` beside it (an ``.mnn`` file has no place for it), verified with MNN's Python API.
 
-The ONNX graph is the shuffle-free one laid out for MNN (:data:`~shufflenet.export.edge.
-EDGE_LAYOUT`; the plain one with ``fastpath=None`` or for models without one) at a fixed batch;
+The ONNX graph is the shuffle-free one laid out for MNN (:data:`MNN_LAYOUT`; the plain one
+with ``fastpath=None`` or for models without one) at a fixed batch;
 the ``.mnn`` file takes NCHW float32 images. The converter is MNN's own C++ one, run in a child
 process of this Python (it prints, and a crash there must not take this process down); MNN's
 ``mnnconvert`` script is not used, as it uploads usage logs. int8 is MNN's offline quantizer
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..deploy.fastpath import FastPathOptions
 from ..io import atomic_path, write_json
 from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
@@ -34,7 +35,6 @@ from ..runtimes import mnn_module, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
 from .edge import (
-    EDGE_LAYOUT,
     EdgeModel,
     check_edge_metadata,
     edge_format,
@@ -47,6 +47,7 @@ from .spec import ExportOptions
 __all__ = [
     "MNN",
     "MNN_INT8",
+    "MNN_LAYOUT",
     "convert_onnx_to_mnn",
     "export_mnn",
     "mnn_paths",
@@ -55,6 +56,13 @@ __all__ = [
     "verify_mnn",
     "write_mnn_int8",
 ]
+
+# The shuffle-free layout for MNN: unpadded, and each producer one conv followed by a split
+# (MNN makes the split a view). One conv per chunk, as in the other edge formats, doubles MNN's
+# conv calls (108 instead of 57 in V2 1x), and at batch 1 their overhead outweighs the copies it
+# saves: torchvision's time over ours for V2 0.5x/1x was 0.87x/0.92x with it, 1.14x/1.07x with
+# this (MNN 3.6.1, 1 thread, batch 1, 224x224; benchmarks/edge_runtimes.py measures the latter).
+MNN_LAYOUT = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, node_cost=0, split=True)
 
 # MNN's converter and offline quantizer, from the mnn wheel's extension module, without the
 # logging wrappers of its scripts. Both take an argv list (mnn 3.6.1's own ``mnnquant`` script
@@ -171,7 +179,7 @@ def export_mnn(
     MNN's layout unless ``options.fastpath`` is None) converted by MNN, weights fp32."""
     model_path, sidecar = mnn_paths(path)
     batch = options.batch or 1
-    fastpath = None if options.fastpath is None else EDGE_LAYOUT
+    fastpath = None if options.fastpath is None else MNN_LAYOUT
     onnx = onnx_bytes(
         model,
         opset=options.opset,

@@ -7,10 +7,11 @@ Runtime with all graph optimisations on and the thread count set, as a user woul
 ``openvino`` when that package is installed; the ``*_fast`` engines run our shuffle-free graph
 (:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's layout. ``litert``,
 ``executorch`` and ``mnn`` (:class:`EdgeEngine`, where their packages are installed) run a file
-converted as the edge exports convert ours (the shuffle-free graph; any other model as it is),
-at a fixed batch: the batch timed. ``auto`` (:func:`resolve_engine`) is the fastest engine
-installed for the device, in the order :data:`AUTO_ORDER` records. Compiling engines
-compile for an input shape when they are bound to it, untimed.
+converted as the edge exports convert ours (the shuffle-free graph in that export's layout;
+any other model as it is), at a fixed batch: the batch timed. ``auto``
+(:func:`resolve_engine`) is the fastest engine installed for the device, in the order
+:data:`AUTO_ORDER` records. Compiling engines compile for an input shape when they are bound
+to it, untimed.
 
 Before it is timed, every runner's output is checked against the model in eager PyTorch
 (:mod:`shufflenet.speed.checks`). The models timed with one engine are interleaved
@@ -44,6 +45,7 @@ from ..deploy import optimize
 from ..deploy.fastpath import ONNXRUNTIME, OPENVINO, FastPathOptions, fast_model, fastpath_support
 from ..device import resolve_device
 from ..export.edge import EDGE_LAYOUT
+from ..export.mnn import MNN_LAYOUT
 from ..export.onnx import plain_graph, to_onnx
 from ..models.base import ShuffleNetBase
 from ..runtimes import openvino_model, ort_session
@@ -150,14 +152,15 @@ class EdgeEngine(EngineSpec):
     :data:`~shufflenet.speed.ort_worker.OPENERS`), on the CPU.
 
     Our models are converted as their edge export converts them: the shuffle-free graph in
-    :data:`~shufflenet.export.edge.EDGE_LAYOUT` (the plain BN-folded one for models without a
-    fast path), then ``rewrite`` (the runtime's rewrites that keep the graph in XNNPACK); any
-    other model (torchvision's) by ``convert`` alone. The file's batch is the input's, fixed.
+    ``layout`` (the plain BN-folded one for models without a fast path), then ``rewrite`` (the
+    runtime's rewrites that keep the graph in XNNPACK); any other model (torchvision's) by
+    ``convert`` alone. The file's batch is the input's, fixed.
     """
 
     runtime: str
     convert: Callable[[nn.Module, Tensor, Path], Path]  # writes the file at the Path given
     rewrite: Callable[[nn.Module, Tensor], nn.Module] | None = None
+    layout: FastPathOptions = EDGE_LAYOUT
     devices: tuple[str, ...] = ("cpu",)
     shuffle_free: bool = True
 
@@ -167,7 +170,7 @@ class EdgeEngine(EngineSpec):
         module = model.eval()
         if isinstance(model, ShuffleNetBase):
             if fastpath_support(model) is None:
-                module = fast_model(model, EDGE_LAYOUT).eval()
+                module = fast_model(model, self.layout).eval()
             else:
                 module = plain_graph(model, (example.shape[2], example.shape[3]))
             if self.rewrite is not None:
@@ -339,7 +342,7 @@ ENGINES: dict[str, EngineSpec] = {
     "executorch": EdgeEngine(
         runtime="executorch", convert=_pte, rewrite=_xnnpack_graph, package="executorch"
     ),
-    "mnn": EdgeEngine(runtime="mnn", convert=_mnn, package="MNN"),
+    "mnn": EdgeEngine(runtime="mnn", convert=_mnn, layout=MNN_LAYOUT, package="MNN"),
 }
 
 AUTO = "auto"
