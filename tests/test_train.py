@@ -329,7 +329,11 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert [r["val_loss"] for r in cut_rows] == [r["val_loss"] for r in ref_rows]
 
 
-def test_torchrun_two_process_gloo(tmp_path):
+@pytest.mark.parametrize(
+    "model,extra",
+    [(TINY, []), ("shufflenet_v2_x0_5", ["--fast", "--amp", "--channels-last"])],
+)
+def test_torchrun_two_process_gloo(tmp_path, model, extra):
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -341,7 +345,7 @@ def test_torchrun_two_process_gloo(tmp_path):
         "-m",
         "shufflenet",
         "train",
-        TINY,
+        model,
         "--epochs",
         "1",
         "--out",
@@ -350,6 +354,7 @@ def test_torchrun_two_process_gloo(tmp_path):
         "--device",
         "cpu",
         *QUICK_ARGS,
+        *extra,
     ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
