@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..deploy.fastpath import FastPathOptions
+from ..deploy.fastpath import EAGER
 from ..io import atomic_path, write_json
 from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
@@ -57,12 +57,11 @@ __all__ = [
     "write_mnn_int8",
 ]
 
-# The shuffle-free layout for MNN: unpadded, and each producer one conv followed by a split
-# (MNN makes the split a view). One conv per chunk, as in the other edge formats, doubles MNN's
-# conv calls (108 instead of 57 in V2 1x), and at batch 1 their overhead outweighs the copies it
-# saves: torchvision's time over ours for V2 0.5x/1x was 0.87x/0.92x with it, 1.14x/1.07x with
-# this (MNN 3.6.1, 1 thread, batch 1, 224x224; benchmarks/edge_runtimes.py measures the latter).
-MNN_LAYOUT = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, node_cost=0, split=True)
+# The shuffle-free layout for MNN is eager PyTorch's: unpadded, each producer one conv followed
+# by a split (MNN makes the split a view). One conv per chunk, as in the XNNPACK formats, doubles
+# MNN's conv calls, whose per-op overhead at batch 1 outweighs the copies it saves
+# (`benchmarks/edge_runtimes.py --runtimes mnn --layout edge` times that layout).
+MNN_LAYOUT = EAGER
 
 # MNN's converter and offline quantizer, from the mnn wheel's extension module, without the
 # logging wrappers of its scripts. Both take an argv list (mnn 3.6.1's own ``mnnquant`` script
