@@ -1,6 +1,8 @@
 """Our graphs and torchvision's in every runtime installed: ONNX Runtime and the edge runtimes.
 
     python benchmarks/edge_runtimes.py [--rounds 7] [--runs 30] [--threads 1] [--quick]
+                                       [--runtimes onnxruntime,litert,executorch,mnn]
+                                       [--layout export|edge] [--no-int8]
                                        [--json benchmarks/results/edge_runtimes.json]
 
 Times ShuffleNet V2 0.5x and 1x (ours: the shuffle-free graph each runtime's export writes;
@@ -19,6 +21,8 @@ Reported: the median over rounds of each round's median, and the min..max over r
 V2 model torchvision's time over ours (the median of the per-round ratios); the CPU's name, SIMD
 flags and the versions come from :func:`shufflenet.speed.bench.machine_info`. ``--quick`` (V2
 0.5x at 64 px, 2 rounds of 5 runs) checks that it works; it measures nothing worth keeping.
+``--layout edge`` converts ours in XNNPACK's layout in every edge runtime (MNN's export has its
+own), to compare the layouts.
 
 Wrap measuring runs in ``flock /tmp/shufflenet-bench.lock`` on a shared machine.
 """
@@ -26,6 +30,7 @@ Wrap measuring runs in ``flock /tmp/shufflenet-bench.lock`` on a shared machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -38,6 +43,7 @@ import torch
 from torch import nn
 
 from shufflenet.export.calibration import calibration_data
+from shufflenet.export.edge import EDGE_LAYOUT
 from shufflenet.export.executorch import to_pte_int8
 from shufflenet.export.int8 import default_int8_weights, quantize_onnx
 from shufflenet.export.litert import to_tflite_int8
@@ -87,18 +93,30 @@ def _subjects(models: list[str], images: torch.Tensor) -> dict[str, nn.Module]:
     return out
 
 
-def _export(engine: str, model: nn.Module, x: torch.Tensor, workdir: str) -> str:
-    spec = ENGINES[engine]
-    assert isinstance(spec, OnnxEngine | EdgeEngine)
-    return str(spec.export(model, x, workdir))
+def _specs(engines: list[str], layout: str) -> dict[str, OnnxEngine | EdgeEngine]:
+    """Each engine's spec; with ``layout`` "edge", every edge engine converts ours in
+    :data:`EDGE_LAYOUT` (XNNPACK's), whatever its export's own layout."""
+    specs: dict[str, OnnxEngine | EdgeEngine] = {}
+    for engine in engines:
+        spec = ENGINES[engine]
+        assert isinstance(spec, OnnxEngine | EdgeEngine)
+        if layout == "edge" and isinstance(spec, EdgeEngine):
+            spec = dataclasses.replace(spec, layout=EDGE_LAYOUT)
+        specs[engine] = spec
+    return specs
 
 
 def _int8(
-    engine: str, model: nn.Module, x: torch.Tensor, calib: torch.Tensor, fp32: str, workdir: str
+    engine: str,
+    spec: OnnxEngine | EdgeEngine,
+    model: nn.Module,
+    x: torch.Tensor,
+    calib: torch.Tensor,
+    fp32: str,
+    workdir: str,
 ) -> str:
     """The int8 file of ``model`` for ``engine``'s runtime (``fp32``: its fp32 file)."""
     folder = Path(tempfile.mkdtemp(prefix="int8-", dir=workdir))
-    spec = ENGINES[engine]
     if engine == "onnxruntime_fast":
         size = (x.shape[2], x.shape[3])
         module = plain_graph(model, size) if isinstance(model, ShuffleNetBase) else model
@@ -134,7 +152,8 @@ def _int8_correlation(engine: str, path: str, x: np.ndarray, expected: np.ndarra
 def run(args: argparse.Namespace) -> dict[str, Any]:
     size = 64 if args.quick else 224
     models = MODELS[:1] if args.quick else MODELS
-    engines = [e for e in RUNTIMES if e in available_engines()]
+    engines = [e for e in RUNTIMES if e in available_engines() and RUNTIMES[e] in args.runtimes]
+    specs = _specs(engines, args.layout)
     meta = model_metadata(build_model(MODELS[0]), (size, size))
     calib, images, _ = calibration_data("digits", meta["preprocessing"], max_images=64)
     subjects = _subjects(models, calib)
@@ -149,11 +168,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for engine in engines:
             start = time.perf_counter()
             files[engine] = {
-                f"{k}/fp32": _export(engine, m, x, workdir) for k, m in subjects.items()
+                f"{k}/fp32": str(specs[engine].export(m, x, workdir)) for k, m in subjects.items()
             }
             for k, m in subjects.items() if args.int8 else ():
                 fp32 = files[engine][f"{k}/fp32"]
-                path = files[engine][f"{k}/int8"] = _int8(engine, m, x, calib, fp32, workdir)
+                path = _int8(engine, specs[engine], m, x, calib, fp32, workdir)
+                files[engine][f"{k}/int8"] = path
                 corr = _int8_correlation(engine, path, x.numpy(), expected[k])
                 correlations[engine][k] = corr
                 if corr < 0.5:
@@ -199,6 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "quick": args.quick,
         "int8": args.int8,
+        "layout": args.layout,
         "int8_weights_onnxruntime": default_int8_weights(),
         "engines": {RUNTIMES[e]: e for e in engines},
     }
@@ -273,8 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="V2 0.5x, 64 px, 2 rounds of 5")
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="fp32 only")
+    parser.add_argument(
+        "--runtimes",
+        type=lambda s: s.split(","),
+        default=list(RUNTIMES.values()),
+        help="a comma-separated subset of " + ",".join(RUNTIMES.values()),
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("export", "edge"),
+        default="export",
+        help="ours as each export lays it out, or in XNNPACK's layout in every edge runtime",
+    )
     parser.add_argument("--json", type=Path, help="default benchmarks/results/edge_runtimes.json")
     args = parser.parse_args(argv)
+    unknown = set(args.runtimes) - set(RUNTIMES.values())
+    if unknown:
+        parser.error(f"unknown runtimes: {', '.join(sorted(unknown))}")
     if args.quick:
         args.rounds, args.runs, args.warmup = 2, 5, 1
     out = args.json or Path(__file__).parent / "results" / (
