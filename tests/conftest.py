@@ -1,4 +1,8 @@
 import functools
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,25 @@ def image_folder(root: Path, classes=("ant", "bee"), per_class=4) -> Path:
                     root / split / name / f"{i}.jpg"
                 )
     return root
+
+
+@contextmanager
+def answering(fifo: Path) -> Iterator[None]:
+    """Until the block ends, whoever opens ``fifo`` to read gets end-of-file at once: code
+    that opens it fails the test instead of hanging it."""
+    done = threading.Event()
+
+    def answer() -> None:
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader yet
+                done.wait(0.05)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -8,9 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import safetensors
 import torch
-from conftest import image_folder
+from conftest import answering, image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -50,35 +47,13 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *parts: str) -> 
         assert part in lines[0]
 
 
-@contextmanager
-def _answering(fifo: Path) -> Iterator[None]:
-    """Until the block ends, whoever opens ``fifo`` to read gets end-of-file at once: code
-    that opens it fails the test instead of hanging it."""
-    done = threading.Event()
-
-    def answer() -> None:
-        while not done.is_set():
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:  # no reader yet
-                done.wait(0.05)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
 # -- 4: a FIFO in the training tree ------------------------------------------------------
 def test_fifo_in_training_tree_is_reported_never_opened(tmp_path, capsys):
     root = image_folder(tmp_path / "photos")
     fifo = root / "train" / "ant" / "pipe.jpg"
     os.mkfifo(fifo)
     args = ["train", TINY, "--data", str(root), "--out", str(tmp_path / "r"), *FOLDER_ARGS]
-    with _answering(fifo):
+    with answering(fifo):
         _fails(args, capsys, "train/ant/pipe.jpg (not a regular file)", "skip_bad_images")
         assert not (tmp_path / "r").exists()
         assert main([*args, "--skip-bad-images"]) == 0

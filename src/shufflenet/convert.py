@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Callable
@@ -63,7 +64,13 @@ from .models.v1 import V1_REPEATS
 from .models.v2 import V2_REPEATS
 from .models.v2_plus import V2_PLUS_REPEATS
 from .preprocessing import MEGVII_PREPROCESSING, imagenet_classes
-from .weights import check_model_kwargs, load_state_dict_checked, printable, save
+from .weights import (
+    check_model_kwargs,
+    error_reason,
+    load_state_dict_checked,
+    printable,
+    save,
+)
 
 __all__ = [
     "SOURCES",
@@ -85,7 +92,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The tensors of a PyTorch checkpoint, loaded with ``weights_only=True``.
 
     Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` and strips ``module.`` prefixes
-    (``DataParallel``). Anything but a mapping of names to tensors is refused.
+    (``DataParallel``). Anything but a mapping of names to dense CPU tensors is refused, and so
+    are two keys that name the same tensor once the prefix is stripped.
     """
     p = Path(path)
     if not p.is_file():
@@ -94,11 +102,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols
             obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError:  # torch's text quotes the file and advises unsafe loading
         raise ValueError(
-            f"{p} is not a readable PyTorch checkpoint (truncated, corrupt, or holding objects "
-            f"other than tensors, which are never unpickled): {reason}"
+            f"{p} is not a readable PyTorch checkpoint: it is corrupt or holds objects other "
+            "than tensors, which are never unpickled"
+        ) from None
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise ValueError(
+            f"{p} is not a readable PyTorch checkpoint (truncated or corrupt): {error_reason(e)}"
         ) from None
     for key in _WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -112,7 +123,69 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     ]
     if bad:
         raise ValueError(f"{p}: entries that are not tensors: {', '.join(bad[:3])}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        kind = _unreadable_kind(value)
+        if kind:
+            raise ValueError(
+                f"{p}: {printable(key)} is {kind}; only dense tensors held in memory on the CPU "
+                "are read"
+            )
+        name = key.removeprefix("module.")
+        if name in out:
+            raise ValueError(
+                f"{p}: {printable(origin[name])} and {printable(key)} are the same key once the "
+                "DataParallel prefix 'module.' is stripped; a checkpoint holds each tensor once"
+            )
+        out[name], origin[name] = value, key
+    return out
+
+
+def _unreadable_kind(tensor: Tensor) -> str | None:
+    """What ``tensor`` is when it is not a dense tensor with data on the CPU, else ``None``."""
+    if tensor.layout != torch.strided:
+        return f"a sparse tensor (layout {str(tensor.layout).removeprefix('torch.')})"
+    if tensor.device.type == "meta":
+        return "a meta tensor (a shape without data)"
+    if tensor.device.type != "cpu":
+        return f"a tensor on the {tensor.device.type} device"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({str(tensor.dtype).removeprefix('torch.')})"
+    return None
+
+
+def _check_values(src: object, state_dict: dict[str, Tensor], names: dict[int, str]) -> None:
+    """``ValueError`` if a floating-point tensor of ``state_dict`` (read from ``src``) holds NaN
+    or infinite values or a BatchNorm ``running_var`` is negative; ``names`` maps
+    ``id(tensor)`` to the name to report (default: its key)."""
+
+    def name(key: str, value: Tensor) -> str:
+        return printable(names.get(id(value), key))
+
+    nonfinite = []
+    for key, value in state_dict.items():
+        if value.is_floating_point():
+            count = value.numel() - int(torch.isfinite(value).sum())
+            if count:
+                nonfinite.append(f"{name(key, value)} ({count} of {value.numel()} values)")
+    if nonfinite:
+        more = f" (+{len(nonfinite) - 3} more)" if len(nonfinite) > 3 else ""
+        raise ValueError(
+            f"{src}: NaN or infinite values in {len(nonfinite)} tensor(s): "
+            f"{', '.join(nonfinite[:3])}{more}"
+        )
+    negative = [
+        name(key, value)
+        for key, value in state_dict.items()
+        if key.endswith("running_var") and value.is_floating_point() and bool((value < 0).any())
+    ]
+    if negative:
+        more = f" (+{len(negative) - 3} more)" if len(negative) > 3 else ""
+        raise ValueError(
+            f"{src}: negative BatchNorm running variance in {', '.join(negative[:3])}{more}: "
+            "a variance is never below zero"
+        )
 
 
 def _unit(index: int, stage_repeats: tuple[int, ...], first_stage: int = 2) -> str:
@@ -367,7 +440,8 @@ def convert_checkpoint(
     The architecture is ``model`` if given, else the registered one whose shapes fit. A
     checkpoint that does not fit raises ``ValueError`` naming the first mismatched keys. ``dst``
     is checked first (never ``src``), and the class count and input channels read from the
-    tensors' shapes are bounded before any model is built.
+    tensors' shapes are bounded before any model is built. NaN or infinite weights and negative
+    BatchNorm running variances raise ``ValueError`` naming the keys; nothing is written.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -405,6 +479,8 @@ def convert_checkpoint(
         load_state_dict_checked(net, state_dict)
     except ValueError as e:
         raise ValueError(f"{src} ({source}) does not fit {model}: {e}") from None
+    # checked once loaded, when every tensor has a shape of the model: bounded work
+    _check_values(src, state_dict, {id(v): k for k, v in raw.items()})
     preprocessing = MEGVII_PREPROCESSING if source == "megvii" else None
     class_names = imagenet_classes() if net.num_classes == 1000 else None
     path = save(

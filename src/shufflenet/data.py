@@ -20,7 +20,7 @@ run starts (:mod:`shufflenet.folders`, whose names this module re-exports).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ __all__ = [
     "load_data",
     "load_eval_data",
     "make_preprocessing",
+    "match_classes",
 ]
 
 DIGITS = "digits"
@@ -129,8 +130,8 @@ def _check_preprocessing(pre: Mapping[str, Any]) -> tuple[tuple[int, int], int |
         size = (size, size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"preprocessing input_size must be [height, width], got {size!r}")
-    if len(pre["mean"]) != 3 or len(pre["std"]) != 3 or min(pre["std"]) <= 0:
-        raise ValueError("preprocessing mean and std need 3 values each, std > 0")
+    if len(pre["mean"]) not in (1, 3) or len(pre["std"]) not in (1, 3) or min(pre["std"]) <= 0:
+        raise ValueError("preprocessing mean and std need 1 or 3 values each (RGB), std > 0")
     if pre.get("channel_order", "RGB") not in ("RGB", "BGR"):
         raise ValueError(f"channel_order must be RGB or BGR, got {pre['channel_order']!r}")
     resize = pre.get("resize")
@@ -318,3 +319,52 @@ def load_eval_data(
     parent, split = (root, "val") if (root / "val").is_dir() else (root.parent, root.name)
     report = check_image_folder(parent, (split,), skip_bad_images=skip_bad_images, workers=workers)
     return image_folder(report, split, transform), report.classes, report.bad_images
+
+
+# -- class order ----------------------------------------------------------------------------
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:5])
+    return shown + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
+
+
+def match_classes(
+    data_classes: Sequence[str],
+    model_classes: Sequence[str] | None,
+    num_classes: int,
+    data: str,
+    model: str,
+    *,
+    subset: bool = False,
+) -> tuple[list[str], list[int] | None]:
+    """The model's class names, and the model's index of each of the data's classes (in the
+    data's label order), matched by name; the indices are None where both orders agree.
+
+    The data must have the model's classes (with ``subset``: some of them). A model without
+    class names (``model_classes`` None) takes the data's names in the data's order, which
+    needs as many classes as the model has. Anything else is a ``ValueError`` naming both
+    sets; ``data`` and ``model`` name the two in it.
+    """
+    data_classes = list(data_classes)
+    if model_classes is None:
+        if len(data_classes) != num_classes:
+            raise ValueError(
+                f"{model} has {num_classes} classes and no class names, so {data} must have "
+                f"{num_classes} classes in its order, not {len(data_classes)} "
+                f"({_names(data_classes)})"
+            )
+        return data_classes, None
+    names = list(model_classes)
+    if subset:
+        known = set(names)
+        matched = all(name in known for name in data_classes)
+    else:
+        matched = sorted(data_classes) == sorted(names)
+    if not matched:
+        among = "among " if subset else ""
+        raise ValueError(
+            f"the classes of {data} ({_names(data_classes)}) are not {among}those of {model} "
+            f"({_names(names)}): name its class folders after the model's classes"
+        )
+    if data_classes == names:
+        return names, None
+    return names, [names.index(name) for name in data_classes]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import DIGITS, load_eval_data
+from .data import DIGITS, load_eval_data, match_classes
 from .device import resolve_device
 from .limits import check_workers
 from .weights import load
@@ -194,8 +194,10 @@ def evaluate_weights(
     """Evaluate a ``shufflenet.save`` file on ``data`` (default: the data it was trained on).
 
     ``data`` is ``"digits"`` (its val split), an ImageFolder root (its ``val/``) or a folder of
-    class folders. The pipeline comes from the file's ``preprocessing`` metadata. Returns the
-    result and the data it was computed on.
+    class folders. The pipeline comes from the file's ``preprocessing`` metadata. Classes are
+    matched by name (:func:`~shufflenet.data.match_classes`): data whose class names are not
+    the model's is a ``ValueError``; a model without class names takes the data's order, if
+    it has as many classes. Returns the result and the data it was computed on.
     """
     model = load(path)
     meta = model.weights_metadata
@@ -209,15 +211,10 @@ def evaluate_weights(
     dataset, classes, _ = load_eval_data(
         data, meta["preprocessing"], skip_bad_images=skip_bad_images, workers=max(1, workers)
     )
-    names = meta.get("class_names") or classes
-    if len(names) != model.num_classes:
-        raise ValueError(f"{path} has {model.num_classes} classes, the data has {len(names)}")
-    if set(classes) != set(names):
-        raise ValueError(
-            f"the classes in {data} ({', '.join(classes[:5])}...) are not the model's "
-            f"({', '.join(names[:5])}...)"
-        )
-    if classes != list(names):
-        dataset.target_transform = _Relabel([names.index(c) for c in classes])  # type: ignore[attr-defined]
+    names, mapping = match_classes(
+        classes, meta.get("class_names") or None, model.num_classes, data, str(path)
+    )
+    if mapping is not None:
+        dataset.target_transform = _Relabel(mapping)  # type: ignore[attr-defined]
     result = evaluate(model, dataset, names, batch_size=batch_size, device=device, workers=workers)
     return result, data

@@ -59,7 +59,7 @@ def _linked_classes(split_dir: Path, classes: Sequence[str]) -> list[str]:
         return outer == inner or outer in inner.parents
 
     return [
-        f"{split_dir.name}/{c}"
+        c
         for c, path in real.items()
         if (split_dir / c).is_symlink()
         and (
@@ -122,6 +122,9 @@ def check_image_folder(
     followed, so a loop such as ``train/cat/up -> ..`` neither multiplies the images nor labels
     other classes' images ``cat``. A class folder may itself be a link, but not to a folder
     that holds its split folder or another class folder of the split.
+
+    The messages name the folder checked: ``root``, or ``root/SPLIT`` when only one split is
+    checked (with the paths in it relative to that folder).
     """
     root = Path(root)
     if not root.is_dir():
@@ -139,6 +142,11 @@ def check_image_folder(
             f"no class folders in {', '.join(str(root / s) for s in no_classes)} "
             "(expected one sub-folder of images per class)"
         )
+    where = root / splits[0] if len(splits) == 1 else root  # the folder the messages name
+
+    def label(split: str, name: str) -> str:
+        return name if len(splits) == 1 else f"{split}/{name}"
+
     problems = []
     reference = classes[splits[0]]
     odd = [name for name in reference if control_character(name)]
@@ -155,7 +163,7 @@ def check_image_folder(
                 f"class folders differ between {splits[0]}/ and {s}/ (only in {splits[0]}: "
                 f"{_shorten(only_ref) or '-'}; only in {s}: {_shorten(only_s) or '-'})"
             )
-    linked = [name for s in splits for name in _linked_classes(root / s, classes[s])]
+    linked = [label(s, c) for s in splits for c in _linked_classes(root / s, classes[s])]
     if linked:
         problems.append(
             "class folders that link to a folder holding other classes (their images would "
@@ -167,9 +175,9 @@ def check_image_folder(
         errors = dict(zip(all_files, pool.map(_image_problem, all_files), strict=True))
     bad = [(p, e) for p, e in errors.items() if e is not None]
     bad_set = {p for p, _ in bad}
-    empty = [f"{s}/{c}" for (s, c), paths in files.items() if not paths]
+    empty = [label(s, c) for (s, c), paths in files.items() if not paths]
     emptied = [
-        f"{s}/{c}"
+        label(s, c)
         for (s, c), paths in files.items()
         if paths and skip_bad_images and all(p in bad_set for p in paths)
     ]
@@ -178,13 +186,13 @@ def check_image_folder(
     if emptied:
         problems.append(f"class folders with no readable image: {_shorten(emptied)}")
     if bad and not skip_bad_images:
-        listed = [f"{p.relative_to(root)} ({e})" for p, e in bad]
+        listed = [f"{p.relative_to(where)} ({e})" for p, e in bad]
         problems.append(
             f"{len(bad)} unreadable image file(s): {_shorten(listed, 10)}; fix or remove them, "
             "or skip them with skip_bad_images=True"
         )
     if problems:
-        raise ValueError(f"data folder {root}: " + "; ".join(problems))
+        raise ValueError(f"data folder {where}: " + "; ".join(problems))
     images = {
         s: {c: [p for p in files[s, c] if p not in bad_set] for c in classes[s]} for s in splits
     }

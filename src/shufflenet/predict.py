@@ -5,8 +5,10 @@ The preprocessing comes from the file's metadata (:func:`shufflenet.data.build_e
 so the model sees exactly what it was trained or converted for (RGB normalised for torchvision
 weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded, or is not a regular
 file (a FIFO is never opened), gives a :class:`Prediction` with an ``error`` while the others are
-still predicted. The weights file's metadata (and an ONNX file's graph) is checked first
-(:func:`shufflenet.weights.validate_metadata`).
+still predicted, and so does an image whose outputs are not finite (damaged weights). The
+weights file's metadata (and an ONNX file's graph) is checked first
+(:func:`shufflenet.weights.validate_metadata`); ``.tflite``, ``.pte`` and ``.mnn`` files are
+opened in a child process first (:func:`shufflenet.runtimes.probe`).
 
 1000-class weights without their own class names get the ImageNet-1k names bundled in
 ``shufflenet/data/imagenet_classes.txt`` (copied from torchvision's
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .io import open_regular
 from .preprocessing import imagenet_classes
 
 __all__ = [
@@ -105,6 +107,11 @@ def _onnxruntime_engine(path: Path) -> tuple[dict[str, Any], Logits]:
     from .export import onnx_bytes, read_onnx_metadata
     from .runtimes import ort_session
 
+    if default_engine(path) not in ("torch", "onnxruntime"):
+        raise ValueError(
+            f"{path}: engine 'onnxruntime' runs .onnx files and our .safetensors weights; "
+            f"run this file with engine {default_engine(path)!r}"
+        )
     if _is_onnx(path):
         metadata = read_onnx_metadata(path)  # checks the graph before ONNX Runtime reads it
         try:
@@ -228,24 +235,23 @@ class Predictor:
     def load_image(self, path: Path) -> Tensor:
         """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable.
 
-        Only regular files are opened: a FIFO would block, a device never end.
+        Only regular files are read, checked on the open file: a FIFO would block, a device
+        never end (:func:`~shufflenet.io.open_regular`).
         """
+        if path.is_dir():
+            raise ValueError("a directory without image files")
         try:
-            mode = path.stat().st_mode
+            file = open_regular(path)
         except FileNotFoundError:
             raise ValueError("no such file") from None
+        except ValueError:
+            raise ValueError("not a regular file (a FIFO, socket or device): refused") from None
         except OSError as e:
             raise ValueError(f"cannot read it ({e.strerror})") from None
-        if stat.S_ISDIR(mode):
-            raise ValueError("a directory without image files")
-        if not stat.S_ISREG(mode):
-            raise ValueError("not a regular file (a FIFO, socket or device): refused")
         try:
-            with Image.open(path) as image:
+            with file, Image.open(file) as image:
                 image.load()
                 return self.transform(image)
-        except FileNotFoundError:
-            raise ValueError("no such file") from None
         except Exception as e:  # PIL raises many types for truncated or foreign files
             raise ValueError(f"not a readable image ({str(e) or type(e).__name__})") from None
 
@@ -267,9 +273,18 @@ class Predictor:
                     results[i].error = str(e)
             if not tensors:
                 continue
-            probs = torch.from_numpy(self.logits(torch.stack(tensors))).float().softmax(1)
-            values, indices = probs.topk(k, dim=1)
-            for i, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
+            logits = torch.from_numpy(self.logits(torch.stack(tensors))).float()
+            finite = logits.isfinite().all(1).tolist()
+            values, indices = logits.softmax(1).topk(k, dim=1)
+            for i, ok, vals, idxs in zip(
+                good, finite, values.tolist(), indices.tolist(), strict=True
+            ):
+                if not ok:
+                    results[i].error = (
+                        "the model's outputs are not finite (NaN or infinite): its weights "
+                        "are damaged"
+                    )
+                    continue
                 results[i].top = [
                     (self.class_names[c], c, float(v)) for v, c in zip(vals, idxs, strict=True)
                 ]

@@ -7,6 +7,9 @@
   file in LiteRT's interpreter (XNNPACK delegate), a ``.pte`` file in ExecuTorch's runtime, an
   ``.mnn`` file in MNN's CPU backend. Each runtime is an optional package; a missing one is a
   ``ValueError`` naming the pip extra that installs it (:data:`EXTRAS`).
+* :func:`probe`: a file opened and run once in one of these three runtimes in a child process
+  first. Their native loaders trust the file: a damaged or crafted one can crash or abort the
+  process, which no ``try`` catches; in a child, that is one clear ``ValueError``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import ctypes
 import functools
 import importlib
 import os
+import signal
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -32,6 +37,7 @@ __all__ = [
     "openvino_model",
     "ort_options",
     "ort_session",
+    "probe",
     "require",
     "stdout_to_stderr",
 ]
@@ -206,3 +212,79 @@ def mnn_module(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     mnn = require("mnn", "running an .mnn file")
     with stdout_to_stderr():
         return mnn.nn.load_module_from_file(str(path), [], [], thread_num=threads or 1)
+
+
+# -- a first open in a child process -----------------------------------------------------------
+# Each opens the file argv[1] and runs it once on zeros, its inputs bounded by argv[2] values
+# (exit 3 if larger); MNN's input shape (comma-separated) is argv[3], the others' are the file's.
+_PROBES = {
+    "mnn": """
+import sys, numpy as np, MNN
+shape = [int(s) for s in sys.argv[3].split(",")]
+module = MNN.nn.load_module_from_file(sys.argv[1], [], [], thread_num=1)
+x = MNN.expr.const(np.zeros(shape, np.float32), shape, MNN.expr.NCHW)
+module.onForward([x])[0].read()
+""",
+    "litert": """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1], num_threads=1)
+details = interpreter.get_input_details()
+if any(int(np.prod(d["shape"])) > int(sys.argv[2]) for d in details):
+    sys.exit(3)
+interpreter.allocate_tensors()
+for d in details:
+    interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+interpreter.invoke()
+""",
+    "executorch": """
+import math, sys, torch
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(sys.argv[1])
+for name in program.method_names:
+    method = program.load_method(name)
+    meta = method.metadata
+    shapes = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+    if any(math.prod(s) > int(sys.argv[2]) for s in shapes):
+        sys.exit(3)
+    method.execute([torch.zeros(s) for s in shapes])
+""",
+}
+_TOO_LARGE = 3
+
+
+def probe(
+    runtime: str,
+    path: str | os.PathLike[str],
+    label: str | os.PathLike[str],
+    max_values: int,
+    shape: list[int] | None = None,
+    timeout: float = 600.0,
+) -> None:
+    """Open ``path`` in ``runtime`` (``mnn``, ``litert`` or ``executorch``) and run it once on
+    zeros (every method of a ``.pte``; MNN on an input of ``shape``) in a child process, so
+    that a file that crashes or aborts the runtime, or asks for an input of more than
+    ``max_values`` values, is a ``ValueError`` naming ``label`` rather than the end of this
+    process. Errors the runtime raises as exceptions are left to the caller's own open."""
+    args = [str(path), str(max_values), ",".join(map(str, shape or []))]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBES[runtime], *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{label}: {runtime} did not open it within {timeout:.0f} s") from None
+    if proc.returncode == _TOO_LARGE:
+        raise ValueError(f"{label}: its input holds more than {max_values} values: refused")
+    if proc.returncode < 0:
+        try:
+            how = signal.Signals(-proc.returncode).name
+        except ValueError:
+            how = f"signal {-proc.returncode}"
+        raise ValueError(
+            f"{label}: {runtime} crashed opening or running it ({how}): the file is damaged "
+            "or was not written by `shufflenet export`"
+        )

@@ -13,10 +13,11 @@ must be plain text, so that printing them cannot drive the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .io import atomic_path
-from .models import create_model, get_model_info
+from .io import atomic_path, open_regular
 from .models.backbone import ShuffleNetFeatures
 from .models.base import ShuffleNetBase
+from .models.registry import create_model, get_model_info
 from .preprocessing import (
     MAX_CLASSES,
     MAX_IN_CHANS,
@@ -44,6 +45,7 @@ __all__ = [
     "FORMAT",
     "MAX_RESIZE",
     "check_model_kwargs",
+    "error_reason",
     "load",
     "load_state_dict_checked",
     "parse_metadata",
@@ -77,6 +79,9 @@ _PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
 _REQUIRED_PREPROCESSING = ("input_size", "mean", "std", "scale")
 _RESERVED = ("format", "model_config", "num_classes", "class_names", "preprocessing")
 _MAX_MESSAGE = 300  # characters of a message about a file's metadata (values are echoed)
+# Bounds on mean and std in pixel units (a pixel is 0..255).
+_MIN_STD_PIXELS = 1e-2
+_MAX_PIXEL_VALUE = 1e5
 
 
 def printable(text: str) -> str:
@@ -84,8 +89,23 @@ def printable(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def error_reason(error: Exception) -> str:
+    """The first line of a library's ``error`` about a file, safe to show: control characters
+    escaped, at most 200 characters; its type's name where the text is empty or advises
+    loading the file unsafely (``weights_only``)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    if not line or "weights_only" in line:
+        return type(error).__name__
+    line = printable(line)
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's limit on digits
+        return "a number too long to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -209,6 +229,15 @@ def _check_preprocessing(pre: Any, in_chans: int) -> None:
             raise ValueError(f"preprocessing {key} must hold finite numbers, got {_show(values)}")
         if key == "std" and min(numbers) <= 0:
             raise ValueError(f"preprocessing std must be > 0, got {_show(values)}")
+        # In pixel units (0..255 before ``scale``): a std far below one level, or values far
+        # past the pixel range, only make the inputs overflow.
+        pixels = [n / scale for n in numbers]
+        low = _MIN_STD_PIXELS if key == "std" else -_MAX_PIXEL_VALUE
+        if min(pixels) < low or max(pixels) > _MAX_PIXEL_VALUE:
+            raise ValueError(
+                f"preprocessing {key} / scale must be within {low:g}..{_MAX_PIXEL_VALUE:g} "
+                f"(pixel units), got {_show(values)} with scale {_show(scale)}"
+            )
     if pre.get("channel_order", "RGB") not in ("RGB", "BGR"):
         raise ValueError(
             f"preprocessing channel_order must be RGB or BGR, got {_show(pre['channel_order'])}"
@@ -345,15 +374,25 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[str]:
+    """A name of the regular file ``path`` opened and checked (a FIFO swapped in after
+    :func:`_check_file` never blocks): its ``/proc/self/fd`` entry where there is one."""
+    with open_regular(path) as f:
+        name = f"/proc/self/fd/{f.fileno()}"
+        yield name if os.path.exists(name) else str(path)
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a weights file, JSON values decoded and checked
     (:func:`validate_metadata`)."""
     p = _check_file(path)
     try:
-        with safe_open(str(p), framework="pt") as f:
+        with _opened(p) as name, safe_open(name, framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{p} is not a readable safetensors file ({e})") from None
+        reason = printable(str(e))[:_MAX_MESSAGE]
+        raise ValueError(f"{p} is not a readable safetensors file ({reason})") from None
     if raw.get("format") != FORMAT or "model_config" not in raw:
         raise ValueError(
             f"{p} is not a shufflenet weights file (no model_config metadata); "
@@ -407,9 +446,10 @@ def _read_tensors(
     path: str | os.PathLike[str], map_location: str | torch.device
 ) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path), device=str(map_location))
+        with _opened(Path(path)) as name:
+            return load_file(name, device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"corrupt or truncated ({e})") from None
+        raise ValueError(f"corrupt or truncated ({printable(str(e))[:_MAX_MESSAGE]})") from None
 
 
 def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ShuffleNetBase:

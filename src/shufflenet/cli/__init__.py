@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from .. import __version__
 from . import deploy, models, speed, train
-from .common import Parser, parse_input_size
+from .common import Parser, escape, parse_input_size
 
 __all__ = ["build_parser", "main", "parse_input_size"]
 
@@ -37,19 +41,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with _sigterm_raises():
+            return int(args.func(args))
+    except _Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {escape(str(e))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:
         message = _out_of_memory(e)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {escape(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the command's cleanup (``finally`` blocks,
+    context managers: temporary files and folders) runs before the process ends."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`_Terminated` (then is ignored until the
+    block has cleaned up); the previous handler is restored after. Only the main thread can
+    handle signals: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _out_of_memory(error: BaseException) -> str | None:

@@ -8,12 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ..preprocessing import MAX_CLASSES, check_input_size
+from ..preprocessing import MAX_CLASSES, check_input_size, control_character
 
 __all__ = [
     "Parser",
     "batch_arg",
     "comma_list",
+    "escape",
     "input_size_arg",
     "mb",
     "num_classes_arg",
@@ -76,6 +77,13 @@ def batch_arg(text: str) -> int | None:
     return value
 
 
+def escape(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, carriage
+    returns, newlines, bidirectional overrides) shown as a Python escape, so that text from a
+    file (a name, a message) prints as one inert line."""
+    return "".join(repr(c)[1:-1] if control_character(c) else c for c in text)
+
+
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     """Print ``rows`` as an aligned text table (numbers right-aligned)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
@@ -101,7 +109,8 @@ def _is_number(text: str) -> bool:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    """``data`` as strict JSON (no ``NaN`` or ``Infinity``, which strict parsers refuse)."""
+    print(json.dumps(data, indent=2, allow_nan=False))
 
 
 def progress(message: str) -> None:

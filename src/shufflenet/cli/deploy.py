@@ -9,22 +9,38 @@ from typing import Any
 
 from ..convert import SOURCES
 from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model, output_files
+from ..export.formats import DEFAULT_INT8_MIN_AGREEMENT
 from ..io import check_output_path
 from ..predict import ENGINES, default_engine
-from .common import batch_arg, input_size_arg, mb, num_classes_arg, print_json
+from .common import batch_arg, escape, input_size_arg, mb, num_classes_arg, print_json
 
 __all__ = ["add_parsers"]
 
 
-def _print_int8(int8: dict[str, Any]) -> None:
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}%"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
 
+
+def _fraction_arg(text: str) -> float:
+    """A fraction within 0..1, for ``--int8-min-agreement``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction within 0..1 (0.8 for 80%), got {text!r}"
+        )
+    return value
+
+
+def _print_int8(int8: dict[str, Any]) -> None:
     print(f"wrote {int8['path']} ({mb(int8['int8_bytes'])}; weights {int8['weights']})")
     print(
         f"int8 vs fp32 on {int8['images']} {int8['calib']} images: top-1 agreement "
-        f"{pct(int8['agreement'])} (top-1 fp32 {pct(int8['fp32_top1'])}, int8 "
-        f"{pct(int8['int8_top1'])}); size {mb(int8['fp32_bytes'])} -> {mb(int8['int8_bytes'])}; "
+        f"{_pct(int8['agreement'])} (at least {_pct(int8['min_agreement'])} needed; "
+        f"top-1 fp32 {_pct(int8['fp32_top1'])}, int8 "
+        f"{_pct(int8['int8_top1'])}); size {mb(int8['fp32_bytes'])} -> {mb(int8['int8_bytes'])}; "
         f"latency (batch 1, {int8['threads']} thread) {int8['fp32_ms']:.2f} -> "
         f"{int8['int8_ms']:.2f} ms"
     )
@@ -45,9 +61,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8-weights goes with --int8")
     if args.int8_weights != "auto" and args.format != "onnx":
         raise ValueError("--int8-weights goes with --format onnx")
+    if args.int8_min_agreement is not None and not args.int8:
+        raise ValueError("--int8-min-agreement goes with --int8")
     if args.weights and (args.layout or args.num_classes is not None):
         raise ValueError("--layout and --num-classes go with --model, not --weights")
     inputs = [args.weights] if args.weights else []
+    check_output_path(args.out, "--out", inputs=inputs)  # before its suffix: a folder, an input
     for path in output_files(args.out, args.format, args.int8):
         check_output_path(path, "--out", inputs=inputs)
     if args.weights:
@@ -68,6 +87,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         fastpath=None if args.no_optimize else ONNXRUNTIME,
         calib=args.calib if args.int8 else None,
         int8_weights=args.int8_weights,
+        int8_min_agreement=(
+            DEFAULT_INT8_MIN_AGREEMENT
+            if args.int8_min_agreement is None
+            else args.int8_min_agreement
+        ),
     )
     checks = [
         {**vars(check), "allowed": check.allowed, "passed": check.passed}
@@ -78,6 +102,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "format": args.format,
         "verification": checks[0],
         "verifications": checks,
+        "passed": result.passed,
     }
     if result.int8 is not None:
         record["int8"] = result.int8.to_dict()
@@ -90,8 +115,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(check.summary(), file=sys.stdout if check.passed else sys.stderr)
         if result.int8 is not None:
             _print_int8(record["int8"])
-    if not result.passed:
+    if not result.verified:
         print(f"error: {args.out} does not match PyTorch (kept for inspection)", file=sys.stderr)
+        return 1
+    if result.int8 is not None and not result.int8.passed:
+        print(
+            f"error: the int8 file's top-1 agreement with fp32, "
+            f"{_pct(result.int8.report.agreement)}, is below --int8-min-agreement "
+            f"{result.int8.min_agreement}: {result.int8.path} and {args.out} kept for inspection",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -106,14 +139,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     results = predict(args.weights, args.inputs, topk=args.topk, engine=args.engine)
     failed = [r for r in results if r.error]
     for r in failed:
-        print(f"error: {r.path}: {r.error}", file=sys.stderr)
+        print(f"error: {escape(r.path)}: {escape(r.error or '')}", file=sys.stderr)
     if args.json:
         print_json([r.to_dict() for r in results])
     else:
         for r in results:
             if not r.error:
-                top = "  ".join(f"{name} {100 * p:.1f}%" for name, _, p in r.top)
-                print(f"{r.path}: {top}")
+                top = "  ".join(f"{escape(name)} {100 * p:.1f}%" for name, _, p in r.top)
+                print(f"{escape(r.path)}: {top}")
     if failed:
         print(f"error: {len(failed)} of {len(results)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
@@ -183,9 +216,20 @@ def add_parsers(sub: Any) -> None:
         "uint8 (ONNX Runtime's U8S8 kernels saturate on x86 without VNNI)",
     )
     p.add_argument(
+        "--int8-min-agreement",
+        type=_fraction_arg,
+        metavar="FRACTION",
+        help="with --int8: the least top-1 agreement of int8 with fp32, a fraction 0..1; below "
+        f"it, exit 1, the files kept (default {DEFAULT_INT8_MIN_AGREEMENT}: digits models agree "
+        "99.7%% in ONNX, ~99%% in LiteRT and ExecuTorch, ~89%% in MNN; a file that changes one "
+        "class in five is no longer the same classifier)",
+    )
+    p.add_argument(
         "--out",
         required=True,
-        help="output file (ncnn: FILE.param; mnn: FILE.mnn, with FILE.json)",
+        help="output file, named for its format: "
+        + "; ".join(f"{name}: {' or '.join(spec.suffixes)}" for name, spec in FORMATS.items())
+        + " (ncnn adds FILE.bin and FILE.json, mnn FILE.json)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_export)

@@ -10,26 +10,29 @@ the same code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..deploy.fastpath import FastPathOptions, fast_model, fastpath_support
+from ..io import read_regular
 from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
 from ..timer import TimedRun, measure
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
-from .calibration import calibration_data, image_batches
+from .calibration import image_batches, model_calibration_data
 from .check import compare_with_model
 from .int8 import Int8Report, Int8Result
 from .metadata import model_metadata, sample_inputs
@@ -38,15 +41,19 @@ from .spec import ExportFormat, ExportOptions
 
 __all__ = [
     "EDGE_LAYOUT",
+    "MAX_MODEL_BYTES",
     "EdgeGraph",
     "EdgeModel",
+    "EdgeOpener",
     "EdgeQuantize",
     "check_edge_metadata",
     "compare_edge_int8",
     "edge_format",
     "edge_graph",
     "edge_int8_path",
+    "private_copy",
     "pt2e_calibrated",
+    "read_model_file",
     "verify_edge",
 ]
 
@@ -101,6 +108,29 @@ def edge_int8_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}.int8{path.suffix}")
 
 
+# The largest exported file a runtime is given (V2.Large's fp32 files are about 500 MB).
+MAX_MODEL_BYTES = 1 << 31
+
+
+def read_model_file(path: str | os.PathLike[str], runtime: str) -> bytes:
+    """The bytes of an exported file: a regular file (:func:`~shufflenet.io.open_regular`: a
+    FIFO never blocks) of at most :data:`MAX_MODEL_BYTES`; ``FileNotFoundError`` if missing."""
+    try:
+        return read_regular(path, MAX_MODEL_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {runtime} file: {path}") from None
+
+
+@contextlib.contextmanager
+def private_copy(data: bytes, suffix: str) -> Iterator[Path]:
+    """``data`` as a file in a folder of this process's own, removed afterwards: what a runtime
+    that opens files by name loads, so that it reads exactly the bytes that were checked."""
+    with tempfile.TemporaryDirectory(prefix="shufflenet-open-") as folder:
+        path = Path(folder, f"model{suffix}")
+        path.write_bytes(data)
+        yield path
+
+
 def check_edge_metadata(
     metadata: Any,
     label: str | os.PathLike[str],
@@ -130,7 +160,7 @@ def check_edge_metadata(
     in_chans = int(metadata["model_config"].get("in_chans", 3))
     classes = metadata["num_classes"]
     outputs = [int(d) for d in output_shape]
-    if channels != in_chans or outputs != [batch, classes or outputs[-1]][: len(outputs)]:
+    if channels != in_chans or len(outputs) != 2 or outputs != [batch, classes or outputs[-1]]:
         raise ValueError(
             f"{label}: input {shape} and output {outputs} do not fit {in_chans} channels and "
             f"{classes} classes as its metadata says"
@@ -204,6 +234,18 @@ def verify_edge(
     )
 
 
+class EdgeOpener(Protocol):
+    """Opens an exported file in its runtime: ``(path, threads, first_in_child=...)``."""
+
+    def __call__(
+        self,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        *,
+        first_in_child: bool = ...,
+    ) -> EdgeModel: ...
+
+
 # Writes a format's int8 file: (model, fp32 file, int8 file, options, calibration images); returns
 # the ``quantization`` record the file's metadata carries.
 EdgeQuantize = Callable[[ShuffleNetBase, Path, Path, ExportOptions, Tensor], dict[str, Any]]
@@ -212,23 +254,24 @@ EdgeQuantize = Callable[[ShuffleNetBase, Path, Path, ExportOptions, Tensor], dic
 def edge_format(
     description: str,
     export: Callable[[ShuffleNetBase, Path, ExportOptions], Path | list[Path]],
-    opener: Callable[[Path, int | None], EdgeModel],
+    opener: EdgeOpener,
     *,
     files: Callable[[Path], list[Path]] = lambda path: [path],
     quantize: EdgeQuantize | None = None,
+    suffixes: tuple[str, ...] = (),
 ) -> ExportFormat:
     """The :class:`~shufflenet.export.ExportFormat` of an edge format: ``export`` writes the
-    files of one path (``files`` lists them), ``opener(path, threads)`` opens one in its
-    runtime for :func:`verify_edge`; ``quantize``, if any, writes the int8 ``FILE.int8.EXT``,
-    which is then compared with the fp32 file on the calibration set's evaluation images
-    (:func:`compare_edge_int8`)."""
+    files of one path (``files`` lists them; the path ends in one of ``suffixes``),
+    ``opener(path, threads)`` opens one in its runtime for :func:`verify_edge`; ``quantize``,
+    if any, writes the int8 ``FILE.int8.EXT``, which is then compared with the fp32 file on the
+    calibration set's evaluation images (:func:`compare_edge_int8`)."""
 
     def write(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
         written = export(model, path, options)
         return written if isinstance(written, list) else [written]
 
     def verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
-        return [verify_edge(opener(path, None), model)]
+        return [verify_edge(opener(path, None, first_in_child=False), model)]
 
     return ExportFormat(
         description,
@@ -238,14 +281,14 @@ def edge_format(
         files=files,
         quantize=None if quantize is None else _int8_writer(quantize, opener),
         int8_files=lambda path: files(edge_int8_path(path)),
+        suffixes=suffixes,
     )
 
 
-def _int8_writer(
-    quantize: EdgeQuantize, opener: Callable[[Path, int | None], EdgeModel]
-) -> Callable[..., Int8Result]:
+def _int8_writer(quantize: EdgeQuantize, opener: EdgeOpener) -> Callable[..., Int8Result]:
     """An :class:`~shufflenet.export.ExportFormat`'s ``quantize``: ``quantize`` writes the int8
-    file, which is then compared with the fp32 one on ``calib``'s evaluation images."""
+    file, which is then compared with the fp32 one on ``calib``'s evaluation images, labelled
+    in the model's class order."""
 
     def write_int8(
         model: ShuffleNetBase,
@@ -255,12 +298,12 @@ def _int8_writer(
         data: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Int8Result:
         if data is None:
-            preprocessing = model_metadata(model, options.input_size)["preprocessing"]
-            data = calibration_data(calib, preprocessing)
+            data = model_calibration_data(model, calib, options.input_size)
         calibration, images, labels = data
         target = edge_int8_path(path)
         record = quantize(model, path, target, options, calibration)
-        report = compare_edge_int8(opener(path, 1), opener(target, 1), images, labels)
+        fp32, int8 = (opener(file, 1, first_in_child=False) for file in (path, target))
+        report = compare_edge_int8(fp32, int8, images, labels)
         return Int8Result(target, calib, record["weights"], report, [])
 
     return write_int8

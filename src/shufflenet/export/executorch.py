@@ -20,16 +20,20 @@ import torch
 from torch import Tensor
 
 from ..io import write_bytes
+from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
-from ..runtimes import executorch_program, require, stdout_to_stderr
+from ..runtimes import executorch_program, probe, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
+from ..weights import printable
 from .edge import (
     EdgeGraph,
     EdgeModel,
     check_edge_metadata,
     edge_format,
     edge_graph,
+    private_copy,
     pt2e_calibrated,
+    read_model_file,
     verify_edge,
 )
 from .spec import ExportOptions
@@ -118,33 +122,42 @@ def read_pte_metadata(program: Any, label: str | os.PathLike[str]) -> dict[str, 
     try:
         (text,) = program.load_method(PTE_METADATA).execute([])
         return dict(json.loads(text))
-    except Exception as e:  # the runtime's own errors, or not one JSON object
-        raise ValueError(f"{label}: its shufflenet metadata is unreadable ({e})") from None
+    except Exception as e:  # the runtime's errors, not one JSON object, RecursionError
+        reason = printable(_first_line(e))[:200]
+        raise ValueError(f"{label}: its shufflenet metadata is unreadable ({reason})") from None
 
 
-def open_executorch(path: str | os.PathLike[str], threads: int | None = None) -> EdgeModel:
+def open_executorch(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> EdgeModel:
     """A ``.pte`` export in ExecuTorch's runtime, its metadata checked against ``forward``;
     ``threads`` sets the process's ExecuTorch thread pool (see
     :func:`~shufflenet.runtimes.executorch_program`).
 
-    The file's flatbuffer identifier is checked first: ExecuTorch 1.5 aborts the process on
-    some foreign files (its error log fails to decode their bytes)."""
+    The file is read once. Its flatbuffer identifier is checked first (ExecuTorch aborts the
+    process on some foreign files); then its bytes are loaded, every method compiled and run
+    once, in a child process (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False``
+    skips that for a file just exported), so that a damaged file that aborts XNNPACK's
+    compiler is an error here; then they are loaded in this process."""
     require("executorch", "running a .pte file")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isalnum():
+    data = read_model_file(path, "ExecuTorch")
+    if len(data) < 8 or data[4:6] != b"ET" or not data[6:8].isalnum():
         raise ValueError(f"{path} is not an ExecuTorch program (.pte)")
+    if first_in_child:
+        with private_copy(data, ".pte") as copy:
+            probe("executorch", copy, path, MAX_BATCH_ELEMENTS)
     try:
-        program = executorch_program(path, threads)
-    except ValueError:
-        raise
+        program = executorch_program(data, threads)
     except Exception as e:  # the runtime raises RuntimeError for files it cannot load
-        raise ValueError(f"{path}: ExecuTorch cannot load it ({e})") from None
+        raise ValueError(f"{path}: ExecuTorch cannot load it ({_first_line(e)})") from None
     metadata = read_pte_metadata(program, path)
     if "forward" not in program.method_names:
         raise ValueError(f"{path} has no forward method")
-    with stdout_to_stderr():
-        forward = program.load_method("forward")
+    try:
+        with stdout_to_stderr():
+            forward = program.load_method("forward")
+    except Exception as e:  # the runtime's RuntimeError for a method it cannot load
+        raise ValueError(f"{path}: ExecuTorch cannot load its forward ({_first_line(e)})") from None
     meta = forward.metadata
     if meta.num_inputs() != 1 or meta.num_outputs() != 1:
         raise ValueError(f"{path}: forward must take one input and return one output")
@@ -155,7 +168,12 @@ def open_executorch(path: str | os.PathLike[str], threads: int | None = None) ->
         (out,) = forward.execute([torch.from_numpy(x)])
         return np.asarray(out.numpy(), dtype=np.float32)
 
-    return EdgeModel("executorch", Path(path), metadata, run, runtime=(program, forward))
+    return EdgeModel("executorch", Path(path), metadata, run, runtime=(program, forward, data))
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def verify_executorch(
@@ -208,4 +226,5 @@ EXECUTORCH = edge_format(
     export_executorch,
     open_executorch,
     quantize=write_executorch_int8,
+    suffixes=(".pte",),
 )

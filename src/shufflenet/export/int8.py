@@ -27,9 +27,9 @@ from ..io import atomic_path
 from ..models.base import ShuffleNetBase
 from ..runtimes import ort_session
 from ..timer import TimedRun, measure
-from .calibration import calibration_data, calibration_reader, image_batches
+from .calibration import calibration_reader, image_batches, model_calibration_data
 from .int8_errors import LayerError, graph_layer_errors, sqnr_db_by_kind
-from .metadata import model_metadata, read_onnx_metadata, write_onnx_metadata
+from .metadata import read_onnx_metadata, write_onnx_metadata
 from .onnx import DEFAULT_OPSET, onnx_bytes
 
 __all__ = [
@@ -279,22 +279,31 @@ def compare_int8(
 @dataclass
 class Int8Result:
     """An int8 file made by :func:`export_int8`: its weight scheme, what it costs next to the
-    fp32 file, and each quantized activation's error, worst first."""
+    fp32 file, and each quantized activation's error, worst first. ``min_agreement`` is the
+    top-1 agreement with fp32 it must reach (a fraction; None: no threshold)."""
 
     path: Path
     calib: str
     weights: str
     report: Int8Report
     layers: list[LayerError]
+    min_agreement: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the agreement reaches ``min_agreement`` (True without a threshold)."""
+        return self.min_agreement is None or self.report.agreement >= self.min_agreement
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the path, calibration set and weights, the report's fields, the medians
-        by kind and the five weakest activations."""
+        """JSON-ready: the path, calibration set and weights, the report's fields, the
+        threshold and whether it passed, the medians by kind and the five weakest activations."""
         return {
             "path": str(self.path),
             "calib": self.calib,
             "weights": self.weights,
             **self.report.to_dict(),
+            "min_agreement": self.min_agreement,
+            "passed": self.passed,
             "sqnr_db_by_kind": sqnr_db_by_kind(self.layers),
             "weakest_layers": [asdict(layer) for layer in self.layers[:5]],
         }
@@ -319,19 +328,22 @@ def export_int8(
     data: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Int8Result:
     """Quantize ``model`` into ``FILE.int8.onnx`` beside its fp32 ONNX file ``fp32_path``
-    (``FILE.onnx``), calibrated on ``calib`` (see :func:`calibration_data`), and measure it.
+    (``FILE.onnx``), calibrated on ``calib`` (see
+    :func:`~shufflenet.export.calibration_data`), and measure it.
 
-    The report compares the two files on ``calib``'s evaluation images (:func:`compare_int8`);
-    the layer errors are :func:`~shufflenet.export.int8_layer_errors`. ``plain`` is the plain
-    fp32 graph (:func:`~shufflenet.export.onnx_bytes` with ``fastpath=None`` and the same
-    ``opset``, ``batch`` and ``input_size``) if the caller has it, as when ``fp32_path`` is that
-    graph; otherwise it is exported here, once, for both quantization and layer errors. ``data``
-    is :func:`calibration_data` of ``calib`` at the export's input size, if already loaded.
+    The report compares the two files on ``calib``'s evaluation images (:func:`compare_int8`),
+    top-1 with their labels matched to the model's classes by name; the layer errors are
+    :func:`~shufflenet.export.int8_layer_errors`. ``plain`` is the plain fp32 graph
+    (:func:`~shufflenet.export.onnx_bytes` with ``fastpath=None`` and the same ``opset``,
+    ``batch`` and ``input_size``) if the caller has it, as when ``fp32_path`` is that graph;
+    otherwise it is exported here, once, for both quantization and layer errors. ``data``
+    is :func:`~shufflenet.export.calibration.model_calibration_data` of ``calib`` at the
+    export's input size, if already loaded.
     """
     activations, weights = int8_types(opset, "uint8", weights)
     quantized = int8_path(fp32_path)
     if data is None:
-        data = calibration_data(calib, model_metadata(model, input_size)["preprocessing"])
+        data = model_calibration_data(model, calib, input_size)
     calibration, images, labels = data
     if plain is None:
         plain = onnx_bytes(model, opset=opset, batch=batch, input_size=input_size, fastpath=None)

@@ -21,8 +21,9 @@ import numpy as np
 from torch import Tensor, nn
 
 from ..io import write_bytes
+from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
-from ..runtimes import litert_interpreter, require, stdout_to_stderr
+from ..runtimes import litert_interpreter, probe, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
 from .edge import (
     EdgeGraph,
@@ -30,7 +31,9 @@ from .edge import (
     check_edge_metadata,
     edge_format,
     edge_graph,
+    private_copy,
     pt2e_calibrated,
+    read_model_file,
     verify_edge,
 )
 from .spec import ExportOptions
@@ -122,8 +125,11 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``shufflenet`` metadata entry of a ``.tflite`` file, decoded; the file is not run.
 
     Checked as a whole with the file's shapes by :func:`open_litert`."""
+    return _tflite_metadata(read_model_file(path, "LiteRT"), path)
+
+
+def _tflite_metadata(data: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
     schema = require("litert", "reading a .tflite file", "ai_edge_litert.schema_py_generated")
-    data = Path(path).read_bytes()
     try:
         model = schema.Model.GetRootAs(data, 0)
         for i in range(model.MetadataLength()):
@@ -134,7 +140,7 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             offset, size = buffer.Offset(), buffer.Size()
             raw = data[offset : offset + size] if offset > 1 else buffer.DataAsNumpy().tobytes()
             return dict(json.loads(raw.decode()))
-    except Exception:  # flatbuffers raises struct, index or decode errors on foreign bytes
+    except Exception:  # flatbuffers' struct/index errors on foreign bytes; JSON's, recursion
         raise ValueError(f"{path} is not a readable .tflite file (damaged or foreign)") from None
     raise ValueError(
         f"{path} has no shufflenet metadata (preprocessing, class names): export it with "
@@ -162,15 +168,24 @@ def _graph(model: ShuffleNetBase, options: ExportOptions) -> EdgeGraph:
     return graph
 
 
-def open_litert(path: str | os.PathLike[str], threads: int | None = None) -> EdgeModel:
+def open_litert(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> EdgeModel:
     """A ``.tflite`` export in LiteRT's interpreter (XNNPACK), its metadata checked against
     the graph. An int8 file's input and output are quantized and dequantized here with their
-    own scales, so ``run`` takes and returns float32 like an fp32 file's."""
-    metadata = read_tflite_metadata(path)
+    own scales, so ``run`` takes and returns float32 like an fp32 file's.
+
+    The file is read once; its bytes are opened and run in a child process first
+    (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False`` skips that for a file just
+    exported), then loaded here."""
+    require("litert", "running a .tflite file")
+    data = read_model_file(path, "LiteRT")
+    metadata = _tflite_metadata(data, path)
+    if first_in_child:
+        with private_copy(data, ".tflite") as copy:
+            probe("litert", copy, path, MAX_BATCH_ELEMENTS)
     try:
-        interpreter = litert_interpreter(path, threads)
-    except ValueError:
-        raise
+        interpreter = litert_interpreter(data, threads)
     except Exception as e:  # LiteRT raises its own types for files it cannot load
         raise ValueError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -184,7 +199,7 @@ def open_litert(path: str | os.PathLike[str], threads: int | None = None) -> Edg
         interpreter.invoke()
         return dequantize_output(interpreter.get_tensor(sink["index"]), sink)
 
-    return EdgeModel("litert", Path(path), metadata, run, runtime=interpreter)
+    return EdgeModel("litert", Path(path), metadata, run, runtime=(interpreter, data))
 
 
 def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -267,4 +282,5 @@ LITERT = edge_format(
     export_litert,
     open_litert,
     quantize=write_litert_int8,
+    suffixes=(".tflite",),
 )

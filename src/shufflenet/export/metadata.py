@@ -18,13 +18,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..io import read_regular
 from ..limits import MAX_BATCH_ELEMENTS, check_batch
 from ..models import get_model_info
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
 from ..weights import FORMAT, MAX_RESIZE, parse_metadata, printable, validate_metadata
 
-__all__ = ["input_size_of", "model_metadata", "read_onnx_metadata", "sample_inputs"]
+__all__ = [
+    "MAX_SIDECAR_BYTES",
+    "check_sidecar_target",
+    "input_size_of",
+    "model_metadata",
+    "read_onnx_metadata",
+    "read_sidecar",
+    "sample_inputs",
+]
+
+# A side-car JSON holds the metadata: class names are its largest part (at most MAX_CLASSES).
+MAX_SIDECAR_BYTES = 64 << 20
 
 
 def model_metadata(
@@ -206,3 +218,33 @@ def write_onnx_metadata(proto: Any, metadata: dict[str, Any]) -> None:
 
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> Any:
+    """The JSON value of a side-car file (``FILE.json`` beside an ``.mnn`` or ncnn ``.param``),
+    not yet checked: a regular file of at most :data:`MAX_SIDECAR_BYTES`, one JSON document;
+    ``ValueError`` naming ``path`` otherwise (``FileNotFoundError`` if it is missing)."""
+    data = read_regular(path, MAX_SIDECAR_BYTES)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: unreadable metadata (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSON errors, integers past Python's limit
+        reason = printable(str(e))[:200]
+        raise ValueError(f"{path}: unreadable metadata ({reason})") from None
+
+
+def check_sidecar_target(path: str | os.PathLike[str]) -> None:
+    """``path``, a side-car about to be written, is new or a side-car of ours (a JSON object of
+    format ``shufflenet/1``): ``ValueError`` rather than overwrite another file there."""
+    if not os.path.lexists(path):
+        return
+    try:
+        ours = read_sidecar(path)
+    except (OSError, ValueError):
+        ours = None
+    if not isinstance(ours, dict) or ours.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} exists and is not the metadata of a shufflenet export: it would be "
+            "overwritten; choose another output name or move it away"
+        )

@@ -7,10 +7,17 @@ the ``.mnn`` file takes NCHW float32 images. The converter is MNN's own C++ one,
 process of this Python (it prints, and a crash there must not take this process down); MNN's
 ``mnnconvert`` script is not used, as it uploads usage logs. int8 is MNN's offline quantizer
 on that file (:func:`quantize_mnn`), likewise in a child process.
+
+The side-car is tied to its graph both ways: it records the SHA-256 of the ``.mnn`` file
+(``mnn_sha256``), and the ``.mnn`` file's ``bizCode`` records a digest of the side-car's
+metadata. :func:`open_mnn` refuses a side-car of another export, an edited one and an ``.mnn``
+file changed since. Graphs whose largest tensor passes :data:`MNN_MAX_TENSOR_VALUES` are refused
+before MNN sees them: MNN's CPU backend crashes on tensors near 2 GiB.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,18 +36,21 @@ from torch import Tensor
 from ..deploy.fastpath import EAGER
 from ..io import atomic_path, write_json
 from ..limits import MAX_BATCH_ELEMENTS
+from ..models import create_model
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
-from ..runtimes import mnn_module, require, stdout_to_stderr
+from ..runtimes import mnn_module, probe, require, stdout_to_stderr
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
 from .edge import (
     EdgeModel,
     check_edge_metadata,
     edge_format,
+    private_copy,
+    read_model_file,
     verify_edge,
 )
-from .metadata import read_onnx_metadata
+from .metadata import check_sidecar_target, read_onnx_metadata, read_sidecar
 from .onnx import onnx_bytes
 from .spec import ExportOptions
 
@@ -48,6 +58,8 @@ __all__ = [
     "MNN",
     "MNN_INT8",
     "MNN_LAYOUT",
+    "MNN_MAX_TENSOR_VALUES",
+    "SIDECAR_HASH",
     "convert_onnx_to_mnn",
     "export_mnn",
     "mnn_paths",
@@ -68,6 +80,11 @@ MNN_LAYOUT = EAGER
 # passes three strings and aborts in C++).
 _CONVERTER = "import sys, _tools; _tools.mnnconvert(sys.argv)"
 _QUANTIZER = "import sys, _tools; _tools.mnnquant(sys.argv)"
+# The most values one tensor of a graph may hold for MNN (512 MiB of float32): its CPU backend
+# crashes when a tensor or a convolution's buffer nears 2 GiB, so this leaves room for both.
+MNN_MAX_TENSOR_VALUES = 1 << 27
+SIDECAR_HASH = "mnn_sha256"  # the side-car's key for the SHA-256 of its .mnn file
+_STAMP = "shufflenet:"  # a bizCode: this, then the digest of the side-car's metadata
 # What the int8 file's metadata says of its quantization.
 MNN_INT8 = {
     "method": "MNN offline quantization (mnnquant)",
@@ -84,15 +101,27 @@ def mnn_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return model, model.with_suffix(".json")
 
 
-def convert_onnx_to_mnn(onnx: bytes, path: str | os.PathLike[str], *args: str) -> Path:
+def convert_onnx_to_mnn(
+    onnx: bytes, path: str | os.PathLike[str], *args: str, biz_code: str = "shufflenet"
+) -> Path:
     """Convert ONNX bytes to the ``.mnn`` file ``path`` with MNN's converter (``args``: more
-    converter flags); a ``ValueError`` with the converter's last lines if it fails."""
+    converter flags; ``biz_code``: the string the file's ``bizCode`` holds); a ``ValueError``
+    with the converter's last lines if it fails."""
     require("mnn", "MNN export")
     with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp, "model.onnx"), Path(tmp, "model.mnn")
+        source = Path(tmp, "model.onnx")
         source.write_bytes(onnx)
-        command = ["-f", "ONNX", "--modelFile", str(source), "--MNNModel", str(target)]
-        log = _run_tool(_CONVERTER, [*command, "--bizCode", "shufflenet", *args], tmp, "converter")
+        return _convert(source, "ONNX", path, biz_code, *args)
+
+
+def _convert(
+    source: Path, kind: str, path: str | os.PathLike[str], biz_code: str, *args: str
+) -> Path:
+    """MNN's converter on the ``kind`` (ONNX or MNN) file ``source``, written to ``path``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp, "model.mnn")
+        command = ["-f", kind, "--modelFile", str(source.resolve()), "--MNNModel", str(target)]
+        log = _run_tool(_CONVERTER, [*command, "--bizCode", biz_code, *args], tmp, "converter")
         if "Converted Success" not in log or not target.is_file():
             tail = log.strip().splitlines()[-4:]
             raise ValueError(f"MNN's converter failed: {' | '.join(tail)}")
@@ -162,6 +191,7 @@ def quantize_mnn(
         }
         write_json(Path(tmp, "config.json"), config)
         out = Path(tmp, "int8.mnn")
+        source = Path(source).resolve()  # the tool runs in ``tmp``
         _run_tool(_QUANTIZER, [str(source), str(out), "config.json"], tmp, "quantizer")
         if not out.is_file():
             raise ValueError("MNN's quantizer wrote no file")
@@ -170,13 +200,56 @@ def quantize_mnn(
     return Path(target)
 
 
+def _digest(metadata: dict[str, Any]) -> str:
+    """The SHA-256 of ``metadata`` (but its :data:`SIDECAR_HASH`) as canonical JSON."""
+    rest = {k: v for k, v in metadata.items() if k != SIDECAR_HASH}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_sidecar(sidecar: Path, model_path: Path, metadata: dict[str, Any]) -> None:
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    write_json(sidecar, {**metadata, SIDECAR_HASH: digest})
+
+
+def check_mnn_size(config: dict[str, Any], shape: list[int], label: str) -> None:
+    """``ValueError`` if the model of ``config`` (a ``model_config``) on an NCHW input of
+    ``shape`` has a tensor of more than :data:`MNN_MAX_TENSOR_VALUES` values (found by running
+    it on PyTorch's meta device: nothing is allocated)."""
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    with torch.device("meta"):
+        net = create_model(config["name"], **kwargs).eval()
+    largest = math.prod(shape)
+
+    def record(module: Any, inputs: Any, output: Any) -> None:
+        nonlocal largest
+        if isinstance(output, Tensor):
+            largest = max(largest, output.numel())
+
+    handles = [m.register_forward_hook(record) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            net(torch.empty(shape, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if largest > MNN_MAX_TENSOR_VALUES:
+        raise ValueError(
+            f"{label}: a batch of {shape[0]} at {shape[2]}x{shape[3]} makes tensors of "
+            f"{largest} values, more than MNN runs ({MNN_MAX_TENSOR_VALUES}): lower the batch "
+            "or the input size"
+        )
+
+
 def export_mnn(
     model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions
 ) -> list[Path]:
     """Write ``FILE.mnn`` and ``FILE.json`` at ``path``: our ONNX export (``options.opset``,
     ``options.batch`` fixed (1 if None), ``options.input_size``; the shuffle-free graph in
-    MNN's layout unless ``options.fastpath`` is None) converted by MNN, weights fp32."""
+    MNN's layout unless ``options.fastpath`` is None) converted by MNN, weights fp32. An
+    existing ``FILE.json`` that is not a side-car of ours is never overwritten."""
     model_path, sidecar = mnn_paths(path)
+    check_sidecar_target(sidecar)
     batch = options.batch or 1
     fastpath = None if options.fastpath is None else MNN_LAYOUT
     onnx = onnx_bytes(
@@ -187,36 +260,68 @@ def export_mnn(
         fastpath=fastpath,
     )
     metadata = {**read_onnx_metadata(onnx), "batch": batch, "input_layout": "NCHW"}
-    convert_onnx_to_mnn(onnx, model_path)
-    write_json(sidecar, metadata)
+    check_mnn_size(metadata["model_config"], _input_shape(metadata, model_path), str(model_path))
+    convert_onnx_to_mnn(onnx, model_path, biz_code=_STAMP + _digest(metadata))
+    _write_sidecar(sidecar, model_path, metadata)
     return [model_path, sidecar]
 
 
-def open_mnn(path: str | os.PathLike[str], threads: int | None = None) -> EdgeModel:
-    """An ``.mnn`` export in MNN (CPU), with the metadata of its ``FILE.json``, checked against
-    the output of one run on zeros."""
-    model_path, sidecar = mnn_paths(path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"no such MNN file: {model_path}")
-    mnn = require("mnn", "running an .mnn file")
+def _sidecar_metadata(model_path: Path, sidecar: Path, data: bytes) -> dict[str, Any]:
+    """The side-car's metadata, checked, and checked to describe the ``.mnn`` bytes ``data``."""
     try:
-        metadata: Any = json.loads(sidecar.read_text(encoding="utf-8"))
+        metadata = read_sidecar(sidecar)
     except FileNotFoundError:
         raise ValueError(
             f"{model_path} has no {sidecar.name} beside it (its preprocessing and class "
             "names): export it with `shufflenet export --format mnn`"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{sidecar}: unreadable metadata ({e})") from None
+    recorded = metadata.pop(SIDECAR_HASH, None) if isinstance(metadata, dict) else None
+    metadata = validate_metadata(metadata, sidecar)
+    if recorded is None:
+        raise ValueError(
+            f"{sidecar} does not say which .mnn file it describes (no {SIDECAR_HASH}): "
+            "export the model again"
+        )
+    if recorded != hashlib.sha256(data).hexdigest():
+        raise ValueError(
+            f"{sidecar} describes another .mnn file than {model_path} (its {SIDECAR_HASH} "
+            "differs): use the side-car exported with it, or export again"
+        )
+    return metadata
+
+
+def open_mnn(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> EdgeModel:
+    """An ``.mnn`` export in MNN (CPU), with the metadata of its ``FILE.json``: the side-car
+    checked to belong to the file (:data:`SIDECAR_HASH` and the file's ``bizCode``), its
+    input bounded, and the output of one run on zeros checked against it.
+
+    The file is opened and run once in a child process first (:func:`~shufflenet.runtimes.
+    probe`; ``first_in_child=False`` skips that for a file just exported), so that a damaged
+    one that crashes MNN is an error here; then this process loads the same bytes."""
+    model_path, sidecar = mnn_paths(path)
+    data = read_model_file(model_path, "MNN")
+    mnn = require("mnn", "running an .mnn file")
+    metadata = _sidecar_metadata(model_path, sidecar, data)
     shape = _input_shape(metadata, sidecar)
-    try:
-        module = mnn_module(model_path, threads)
-    except ValueError:
-        raise
-    except Exception:  # MNN's binding fails with a SystemError for files it cannot load
-        module = None
+    check_mnn_size(metadata["model_config"], shape, str(sidecar))
+    with private_copy(data, ".mnn") as copy:
+        if first_in_child:
+            probe("mnn", copy, model_path, MAX_BATCH_ELEMENTS, shape)
+        try:
+            module = mnn_module(copy, threads)
+        except ValueError:
+            raise
+        except Exception:  # MNN's binding fails with a SystemError for files it cannot load
+            module = None
     if module is None:
         raise ValueError(f"{model_path}: MNN cannot load it (not an MNN model, or damaged)")
+    if module.get_info().get("bizCode") != _STAMP + _digest(metadata):
+        raise ValueError(
+            f"{sidecar} is not the metadata {model_path} was exported with (edited, or "
+            "another export's): export the model again"
+        )
 
     def run(x: np.ndarray) -> np.ndarray:
         with stdout_to_stderr():
@@ -229,9 +334,14 @@ def open_mnn(path: str | os.PathLike[str], threads: int | None = None) -> EdgeMo
     try:
         out = run(np.zeros(shape, np.float32))
     except Exception as e:  # a graph that loads but does not run on its own input
-        raise ValueError(f"{model_path}: MNN cannot run it ({e})") from None
+        raise ValueError(f"{model_path}: MNN cannot run it ({_first_line(e)})") from None
     metadata = check_edge_metadata(metadata, sidecar, shape, out.shape)
     return EdgeModel("mnn", model_path, metadata, run, runtime=module)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _input_shape(metadata: Any, sidecar: Path) -> list[int]:
@@ -258,13 +368,19 @@ def write_mnn_int8(
     model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
 ) -> dict[str, Any]:
     """The int8 ``target`` (and its side-car JSON): :func:`quantize_mnn` of the fp32 file at
-    ``path``, written by :func:`export_mnn` already; returns its ``quantization`` record."""
+    ``path``, written by :func:`export_mnn` already, stamped with its own metadata's digest;
+    returns its ``quantization`` record."""
     model_path, sidecar = mnn_paths(path)
-    metadata = json.loads(sidecar.read_text(encoding="utf-8"))
     quantized, quantized_sidecar = mnn_paths(target)
-    quantize_mnn(model_path, quantized, calibration, metadata["preprocessing"])
+    check_sidecar_target(quantized_sidecar)
+    metadata = read_sidecar(sidecar)
+    metadata.pop(SIDECAR_HASH, None)
     metadata["quantization"] = {**MNN_INT8, "calibration_images": len(calibration)}
-    write_json(quantized_sidecar, metadata)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp, "int8.mnn")
+        quantize_mnn(model_path, raw, calibration, metadata["preprocessing"])
+        _convert(raw, "MNN", quantized, _STAMP + _digest(metadata))  # the quantizer drops it
+    _write_sidecar(quantized_sidecar, quantized, metadata)
     return metadata["quantization"]
 
 
@@ -274,4 +390,5 @@ MNN = edge_format(
     open_mnn,
     files=lambda path: list(mnn_paths(path)),
     quantize=write_mnn_int8,
+    suffixes=(".mnn",),
 )

@@ -129,4 +129,5 @@ NCNN = ExportFormat(
     _export,
     _verify,
     files=lambda path: list(_ncnn_paths(path)),
+    suffixes=(".param",),
 )

@@ -202,5 +202,9 @@ def _verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[V
 
 
 ONNX = ExportFormat(
-    "ONNX, checked in ONNX Runtime and OpenVINO (if installed)", _export, _verify, int8=True
+    "ONNX, checked in ONNX Runtime and OpenVINO (if installed)",
+    _export,
+    _verify,
+    int8=True,
+    suffixes=(".onnx",),
 )

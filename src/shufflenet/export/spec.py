@@ -46,6 +46,8 @@ class ExportFormat:
     :class:`~shufflenet.export.Int8Result` (``data``: :func:`~shufflenet.export.calibration_data`
     of ``calib``, loaded already). ``files(path)`` lists every file an export to ``path``
     writes, ``int8_files(path)`` those its int8 export adds (None: ONNX's ``FILE.int8.onnx``).
+    ``suffixes`` are the file suffixes its ``path`` may end in, lower case, the first the usual
+    one (empty: any).
     """
 
     description: str  # one line, for ``shufflenet export --help``
@@ -60,3 +62,4 @@ class ExportFormat:
         | None
     ) = None
     int8_files: Callable[[Path], list[Path]] | None = None
+    suffixes: tuple[str, ...] = ()

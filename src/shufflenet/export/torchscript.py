@@ -74,4 +74,6 @@ def _verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[V
     return [verify_torchscript(path, model, options.batch_sizes, options.input_size)]
 
 
-TORCHSCRIPT = ExportFormat("TorchScript, checked with torch.jit.load", _export, _verify)
+TORCHSCRIPT = ExportFormat(
+    "TorchScript, checked with torch.jit.load", _export, _verify, suffixes=(".pt", ".ts")
+)

@@ -7,11 +7,13 @@ channel count) and ``act_layer`` (a class such as ``nn.ReLU`` or ``nn.Hardswish`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..preprocessing import MAX_CLASSES, MAX_IN_CHANS
 
@@ -24,6 +26,7 @@ __all__ = [
     "check_split_unit",
     "depthwise_conv",
     "make_act",
+    "run_checkpointed",
     "set_norms_eval",
 ]
 
@@ -107,6 +110,37 @@ def megvii_init(root: nn.Module, small_std: Callable[[str], bool], prefix: str =
             nn.init.zeros_(m.bias)
 
 
+@contextlib.contextmanager
+def _norm_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Restore the running statistics of ``module``'s BatchNorms on exit."""
+    buffers = [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers(recurse=False)
+    ]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, saved, strict=True):
+                b.copy_(value)
+
+
+def run_checkpointed(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` through ``torch.utils.checkpoint``: activations are recomputed in the
+    backward pass instead of stored. The recomputation leaves the BatchNorms' running
+    statistics as the forward pass left them (updated once, as without checkpointing)."""
+    out: Tensor = checkpoint(
+        module,
+        x,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _norm_stats_kept(module)),
+    )
+    return out
+
+
 class ConvNormAct(nn.Sequential):
     """Conv2d (no bias) -> norm -> optional activation; keys ``0.*``, ``1.*`` like torchvision."""
 
@@ -173,6 +207,7 @@ class ShuffleNetBase(nn.Module):
         self.weights_metadata: dict[str, Any] = {}
         # Submodules whose BatchNorms stay in eval mode in training (models.backbone sets them).
         self.eval_norms: tuple[str, ...] = ()
+        self.grad_checkpointing = False
 
     # -- construction helpers -------------------------------------------------------------
     def _build_head(self, num_features: int) -> None:
@@ -222,6 +257,30 @@ class ShuffleNetBase(nn.Module):
             if self.fc.bias is not None:
                 nn.init.zeros_(self.fc.bias)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing (timm's API): in training with gradients on, each unit of the
+        stages runs through ``torch.utils.checkpoint``, trading a second forward pass of the
+        units in backward for not storing their activations. Results, gradients and BatchNorm
+        statistics are those without it."""
+        if not isinstance(enable, bool):
+            raise ValueError(f"enable must be True or False, got {enable!r}")
+        self.grad_checkpointing = enable
+
+    def _run_stage(self, name: str, x: Tensor) -> Tensor:
+        """The stem or stage module ``name`` on ``x``; a stage unit by unit through
+        :func:`run_checkpointed` while gradient checkpointing applies."""
+        module = getattr(self, name)
+        if not (
+            self.grad_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and name in self.stage_names
+        ):
+            return module(x)
+        for unit in module.children() if isinstance(module, nn.Sequential) else (module,):
+            x = run_checkpointed(unit, x)
+        return x
+
     def train(self, mode: bool = True) -> ShuffleNetBase:
         """Training mode, except the BatchNorms inside ``eval_norms`` (frozen stages,
         ``norm_eval``: see :mod:`shufflenet.models.backbone`), which stay in eval mode."""
@@ -242,7 +301,7 @@ class ShuffleNetBase(nn.Module):
         wanted = [str(info["module"]) for info in self.feature_info]
         outputs: dict[str, Tensor] = {}
         for name in (*self.stem_names, *self.stage_names):
-            x = getattr(self, name)(x)
+            x = self._run_stage(name, x)
             if name in wanted:
                 outputs[name] = x
                 if len(outputs) == len(wanted):
@@ -253,7 +312,7 @@ class ShuffleNetBase(nn.Module):
         """The feature map right before global pooling (after the last conv, if any)."""
         self._check_input(x)
         for name in (*self.stem_names, *self.stage_names):
-            x = getattr(self, name)(x)
+            x = self._run_stage(name, x)
         return self._last_conv(x)
 
     def _last_conv(self, x: Tensor) -> Tensor:

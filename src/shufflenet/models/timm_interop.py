@@ -15,10 +15,27 @@ that registers them right after timm's own first import. Without timm nothing el
 Each model gets a timm ``pretrained_cfg`` (``model.pretrained_cfg``, ``default_cfg``, and in
 timm's registry) from its :class:`~shufflenet.preprocessing.Preprocessing`, so that
 ``timm.data.resolve_data_config({}, model=model)`` gives its input size, crop and
-normalisation. timm's pipeline makes RGB values in 0-1; for models that take Megvii's BGR 0-255
-input (V2+, V2.Large, ``layout="megvii"``) the cfg's mean 0 and std 1/255 give the 0-255
-scale, but the channels stay RGB: reverse them (``x.flip(1)``) before such a model, as the
-cfg's ``notes`` say. No weights are hosted: ``pretrained=True`` raises ``ValueError``.
+normalisation. With ``checkpoint_path`` set to one of our weights files, the cfg is the file's
+preprocessing and the file must hold that model with that many classes (``ValueError``
+otherwise); other files are left to timm's loader (which never unpickles code). timm does not
+pass ``checkpoint_path`` to the model's entry point: the entry point reads it from the
+arguments of the ``timm.create_model`` call that runs it.
+
+timm's pipeline makes RGB values in 0-1 and normalises them; our mean and std, in units of
+``pixel * scale``, become timm's by dividing by ``255 * scale``. A ``resize`` becomes
+``crop_pct`` (centre crop of the resized shorter side), no ``resize`` timm's ``squash`` crop
+mode. The channel order has no timm field: for models that take BGR input (such as Megvii's
+BGR 0-255 of V2+, V2.Large and ``layout="megvii"``: mean 0, std 1/255 in timm's terms) the
+cfg's mean and std are in RGB order and the channels must be reversed (``x.flip(1)``) after
+timm's transforms, as the cfg's ``notes`` say; building such a model from a weights file also
+warns (``UserWarning``), since its predictions are wrong without the flip. No weights are
+hosted: ``pretrained=True`` raises ``ValueError``.
+
+timm's ``global_pool`` may be ``"avg"`` only (the head's average pooling;
+``model.forward_features`` gives the unpooled map), ``drop_path_rate`` and ``drop_block_rate``
+0 only: ShuffleNet has neither stochastic depth nor DropBlock. Other values raise
+``ValueError``. ``model.set_grad_checkpointing()`` is that of
+:class:`~shufflenet.models.base.ShuffleNetBase`.
 """
 
 from __future__ import annotations
@@ -26,14 +43,19 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.machinery
+import math
+import numbers
+import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from ..preprocessing import MEGVII_PREPROCESSING, Preprocessing
+from ..preprocessing import MEGVII_PREPROCESSING, Preprocessing, check_input_size
+from .base import ShuffleNetBase
 from .registry import create_model, get_model_info, list_models
 
 __all__ = ["install", "pretrained_cfg_for", "register_timm_models"]
@@ -42,9 +64,16 @@ __all__ = ["install", "pretrained_cfg_for", "register_timm_models"]
 default_cfgs: dict[str, dict[str, Any]] = {}
 _registered: set[str] = set()
 BGR_NOTE = (
-    "takes BGR values 0-255 (Megvii's preprocessing): mean and std give the 0-255 scale, but "
-    "timm's transforms give RGB, so reverse the channels (x.flip(1)) before the model"
+    "takes BGR input: timm's transforms give RGB (this cfg's mean and std are in RGB order), "
+    "so reverse the channels (x.flip(1)) before the model"
 )
+# timm's create_model options for layers that ShuffleNet does not have: 0 (or None) only.
+_ZERO_ONLY = {
+    "drop_path_rate": "ShuffleNet units have no stochastic depth",
+    "drop_block_rate": "ShuffleNet has no DropBlock",
+}
+# How many frames above the entry point timm.create_model may be.
+_MAX_FRAMES = 4
 
 
 def pretrained_cfg_for(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -54,23 +83,118 @@ def pretrained_cfg_for(name: str, **kwargs: Any) -> dict[str, Any]:
     pre: Preprocessing = info.preprocessing
     if kwargs.get("layout") == "megvii":
         pre = MEGVII_PREPROCESSING
-    height, width = pre.input_size
-    per_unit = 255.0 * pre.scale  # our mean and std are in units of pixel * scale
     cfg: dict[str, Any] = {
         "architecture": name,
-        "input_size": (int(kwargs.get("in_chans", 3)), height, width),
-        "interpolation": "bilinear",
-        "crop_pct": min(height, width) / pre.resize if pre.resize else 1.0,
-        "crop_mode": "center",
-        "mean": tuple(m / per_unit for m in pre.mean),
-        "std": tuple(s / per_unit for s in pre.std),
+        **_data_cfg(pre, int(kwargs.get("in_chans", 3))),
         "num_classes": int(kwargs.get("num_classes", 1000)),
         "classifier": None if kwargs.get("features_only") else "fc",
         "description": info.description,
     }
-    if pre.channel_order == "BGR":
+    return cfg
+
+
+def _crop_pct(side: int, resize: int) -> float:
+    """The crop fraction from which timm's ``floor(side / crop_pct)`` gives ``resize`` back."""
+    crop_pct = side / resize
+    while math.floor(side / crop_pct) < resize:
+        crop_pct = math.nextafter(crop_pct, 0.0)
+    return crop_pct
+
+
+def _data_cfg(pre: Preprocessing, in_chans: int) -> dict[str, Any]:
+    """The fields of a pretrained cfg that ``timm.data.resolve_data_config`` reads, and the
+    ``notes`` on the channel order where it is BGR."""
+    height, width = pre.input_size
+    per_unit = 255.0 * pre.scale  # our mean and std are in units of pixel * scale
+    # timm normalises RGB values: a BGR model's per-channel values go in reverse order.
+    bgr = pre.channel_order == "BGR"
+    mean, std = (tuple(pre.mean[::-1]), tuple(pre.std[::-1])) if bgr else (pre.mean, pre.std)
+    cfg: dict[str, Any] = {
+        "input_size": (in_chans, height, width),
+        "interpolation": "bilinear",
+        "crop_pct": _crop_pct(min(height, width), pre.resize) if pre.resize else 1.0,
+        "crop_mode": "center" if pre.resize else "squash",
+        "mean": tuple(m / per_unit for m in mean),
+        "std": tuple(s / per_unit for s in std),
+    }
+    if bgr:
         cfg["notes"] = (BGR_NOTE,)
     return cfg
+
+
+def _pop_timm_options(kwargs: dict[str, Any]) -> None:
+    """Check and remove timm's ``global_pool``, ``drop_path_rate`` and ``drop_block_rate``."""
+    pool = kwargs.pop("global_pool", None)
+    if pool is not None and pool != "avg":
+        raise ValueError(
+            f"global_pool must be 'avg' (ShuffleNet's head averages the last feature map), got "
+            f"{pool!r}; model.forward_features(x) gives the map unpooled"
+        )
+    for key, reason in _ZERO_ONLY.items():
+        rate = kwargs.pop(key, None)
+        if rate is not None and not (isinstance(rate, numbers.Real) and rate == 0):
+            raise ValueError(
+                f"{reason}: {key} must be 0, got {rate!r} (drop_rate sets the dropout before "
+                "the classifier)"
+            )
+
+
+def _timm_checkpoint_path() -> Any:
+    """The ``checkpoint_path`` of the ``timm.create_model`` call that runs the entry point
+    calling this function's caller, or ``None``: timm loads it after the entry point returns."""
+    frame = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame.f_back is None:
+            return None
+        frame = frame.f_back
+        module = str(frame.f_globals.get("__name__", ""))
+        if frame.f_code.co_name == "create_model" and module.startswith("timm."):
+            return frame.f_locals.get("checkpoint_path")
+    return None
+
+
+def _file_metadata(path: Any) -> dict[str, Any] | None:
+    """The checked metadata of ``path`` if it is one of our weights files (``ValueError`` if
+    that metadata is bad), else ``None``: other files are timm's to load or refuse."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..weights import FORMAT, parse_metadata
+
+    if not isinstance(path, str | os.PathLike) or not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    if raw.get("format") != FORMAT:
+        return None
+    return parse_metadata(raw, path)
+
+
+def _file_preprocessing(
+    name: str, model: nn.Module, metadata: Mapping[str, Any], path: Any
+) -> Preprocessing:
+    """The preprocessing of a weights file for ``model`` (built as ``name``); ``ValueError`` if
+    the file holds another model or another number of classes."""
+    stored = metadata["model_config"]["name"]
+    if stored != name:
+        raise ValueError(f"{path} holds a {stored} model, not {name}: create {stored!r} to load it")
+    if isinstance(model, ShuffleNetBase) and model.num_classes != metadata["num_classes"]:
+        raise ValueError(
+            f"{path} holds {metadata['num_classes']} classes, the model has "
+            f"{model.num_classes}: pass num_classes={metadata['num_classes']}"
+        )
+    pre = metadata["preprocessing"]
+    return Preprocessing(
+        input_size=check_input_size(pre["input_size"], "preprocessing input_size"),
+        resize=pre.get("resize"),
+        # 1, 3 or in_chans values per the file's (checked) metadata
+        mean=tuple(float(m) for m in pre["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in pre["std"]),  # type: ignore[arg-type]
+        scale=float(pre["scale"]),
+        channel_order=pre.get("channel_order", "RGB"),
+    )
 
 
 def _first_conv(model: nn.Module) -> str | None:
@@ -85,17 +209,27 @@ def _build(
     cache_dir: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """What a timm entry point does for model ``name``: our ``create_model`` with ``kwargs``,
-    and the model's ``pretrained_cfg`` (ours, updated by timm's ``pretrained_cfg`` if it is
-    a dict or ``PretrainedCfg``, then by ``pretrained_cfg_overlay``)."""
+    """What a timm entry point does for model ``name``: our ``create_model`` with ``kwargs``
+    (less timm's options, checked), and the model's ``pretrained_cfg``: ours, or the weights
+    file's given as ``checkpoint_path``, updated by timm's ``pretrained_cfg`` if it is a dict
+    or ``PretrainedCfg``, then by ``pretrained_cfg_overlay``."""
     if pretrained:
         raise ValueError(
             f"no pretrained weights are hosted for {name}: pass pretrained=False and "
             "checkpoint_path=FILE (a shufflenet.save file of this model, such as a converted "
             "torchvision or Megvii checkpoint), or use shufflenet.load"
         )
+    _pop_timm_options(kwargs)
+    path = _timm_checkpoint_path()
+    metadata = _file_metadata(path) if path else None
     model = create_model(name, **kwargs)
     cfg = pretrained_cfg_for(name, **kwargs)
+    if metadata is not None:
+        pre = _file_preprocessing(name, model, metadata, path)
+        cfg.pop("notes", None)
+        cfg.update(_data_cfg(pre, int(kwargs.get("in_chans", 3))))
+        if pre.channel_order == "BGR":
+            warnings.warn(f"{path}: {name} {BGR_NOTE}", UserWarning, stacklevel=4)
     cfg["first_conv"] = _first_conv(model)
     cfg["num_classes"] = getattr(model, "num_classes", 0)  # a features_only model has none
     if hasattr(pretrained_cfg, "to_dict"):  # timm's PretrainedCfg

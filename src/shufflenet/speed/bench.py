@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -166,9 +164,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     mflops = {(n, i): profile(m, (3, h, w)).flops / 1e6 for n, i, m in subjects}
     engines = list(dict.fromkeys(resolve_engine(e, config.device) for e in config.engines))
     result = BenchResult(machine_info(config.device), _config_dict(config, names, engines))
-    with ExitStack() as stack:
-        threads = stack.enter_context(torch_threads(config.threads))
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="shufflenet-bench-"))
+    with torch_threads(config.threads) as threads:
         example = torch.randn(1, 3, h, w)
         # One engine at a time: its runners are interleaved with each other only, so that one
         # runtime's spinning thread pool never competes with another's while being timed.
@@ -189,7 +185,6 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     threads=config.threads,
                     runs=config.runs,
                     warmup=config.warmup,
-                    workdir=workdir,
                 )
             except RuntimeError as e:
                 raise ValueError(f"a model failed with {engine}, input {h}x{w}: {e}") from e

@@ -7,11 +7,9 @@ Runtime with all graph optimisations on and the thread count set, as a user woul
 ``openvino`` when that package is installed; the ``*_fast`` engines run our shuffle-free graph
 (:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's layout. ``litert``,
 ``executorch`` and ``mnn`` (:class:`EdgeEngine`, where their packages are installed) run a file
-converted as the edge exports convert ours (the shuffle-free graph in that export's layout;
-any other model as it is), at a fixed batch: the batch timed. ``auto``
-(:func:`resolve_engine`) is the fastest engine installed for the device, in the order
-:data:`AUTO_ORDER` records. Compiling engines compile for an input shape when they are bound
-to it, untimed.
+converted as the edge exports convert ours, at the fixed batch timed. ``auto``
+(:func:`resolve_engine`) is the fastest engine installed for the device (:data:`AUTO_ORDER`).
+Compiling engines compile for an input shape when bound to it, untimed.
 
 Before it is timed, every runner's output is checked against the model in eager PyTorch
 (:mod:`shufflenet.speed.checks`). The models timed with one engine are interleaved
@@ -32,7 +30,8 @@ import importlib.util
 import operator
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -57,6 +56,7 @@ __all__ = [
     "AUTO",
     "AUTO_ORDER",
     "ENGINES",
+    "SCRATCH_PREFIX",
     "Binder",
     "EdgeEngine",
     "EngineSpec",
@@ -67,12 +67,21 @@ __all__ = [
     "engine_version",
     "make_engine",
     "resolve_engine",
+    "scratch_folder",
     "time_engine",
 ]
 
 K = TypeVar("K")
 Binder = Callable[[Tensor], TimedRun]  # binds an input batch
-Workdir = str | os.PathLike[str] | None
+Workdir = str | os.PathLike[str] | None  # where temporary folders go; None: the system's
+SCRATCH_PREFIX = "shufflenet-bench-"  # the temporary folders of exported files
+
+
+@contextmanager
+def scratch_folder(workdir: Workdir = None) -> Iterator[Path]:
+    """A fresh temporary folder in ``workdir``, removed with its files however the block ends."""
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=workdir) as folder:
+        yield Path(folder)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,12 +135,11 @@ class OnnxEngine(EngineSpec):
     layout: FastPathOptions | None = None
     ort_worker: bool = False
 
-    def export(self, model: nn.Module, example: Tensor, workdir: Workdir) -> Path:
-        """The ONNX file this engine runs, traced on ``example``, in a fresh folder of
-        ``workdir``."""
+    def export(self, model: nn.Module, example: Tensor, folder: str | os.PathLike[str]) -> Path:
+        """The ONNX file this engine runs, traced on ``example``, in a sub-folder of ``folder``."""
         if self.layout is not None and fastpath_support(model) is None:
             model = fast_model(model, self.layout)
-        path = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir)) / "model.onnx"
+        path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder)) / "model.onnx"
         path.write_bytes(to_onnx(model.eval(), example))
         return path
 
@@ -143,7 +151,9 @@ class OnnxEngine(EngineSpec):
         threads: int | None,
         workdir: Workdir,
     ) -> Binder:
-        return self.run(self.export(model, example, workdir), device, threads)
+        # the runtimes read the whole file when they open it: it is removed at once
+        with scratch_folder(workdir) as folder:
+            return self.run(self.export(model, example, folder), device, threads)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,12 +187,11 @@ class EdgeEngine(EngineSpec):
                 module = self.rewrite(module, example)
         return module
 
-    def export(self, model: nn.Module, example: Tensor, workdir: Workdir) -> Path:
-        """The file this engine runs, for ``example``'s shape, in a fresh folder of
-        ``workdir``."""
+    def export(self, model: nn.Module, example: Tensor, folder: str | os.PathLike[str]) -> Path:
+        """The file this engine runs, for ``example``'s shape, in a sub-folder of ``folder``."""
         example = example.detach().cpu()
-        folder = Path(tempfile.mkdtemp(prefix="shufflenet-bench-", dir=workdir))
-        return self.convert(self.graph(model, example), example, folder)
+        fresh = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
+        return self.convert(self.graph(model, example), example, fresh)
 
     def bind(
         self,
@@ -193,11 +202,13 @@ class EdgeEngine(EngineSpec):
         workdir: Workdir,
     ) -> Binder:
         opened: dict[tuple[int, ...], Callable[[np.ndarray], Callable[[], object]]] = {}
+        # the files live as long as the binder (a runtime may map its file)
+        scratch = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=workdir)
 
         def bind(x: Tensor) -> TimedRun:
             shape = tuple(x.shape)  # a file per input shape: its batch is fixed
             if shape not in opened:
-                path = self.export(model, x, workdir)
+                path = self.export(model, x, scratch.name)
                 opened[shape] = OPENERS[self.runtime](str(path), threads)
             return TimedRun(opened[shape](x.detach().cpu().numpy()))
 
@@ -417,8 +428,9 @@ def make_engine(
     """Prepare ``model`` for ``engine``; the result binds an input and returns a timed run.
 
     ``model`` stays unchanged on the CPU. ``example`` (on the CPU) fixes the input layout of an
-    ONNX export, written into ``workdir`` (by default a fresh temporary folder, which the caller
-    may remove once done).
+    ONNX export, written into a temporary folder of ``workdir`` (default: the system's) and
+    removed once the runtime has read it; the edge engines' files stay until the binder is
+    garbage collected.
     """
     spec = engine_spec(engine, device)
     return spec.bind(model, example, resolve_device(device), threads, workdir)
@@ -441,10 +453,29 @@ def time_engine(
     ``examples`` fixes each model's export (see :func:`make_engine`). Before it is timed, each
     runner's output is checked against the model in eager PyTorch on the CPU; a wrong one raises
     :class:`~shufflenet.speed.checks.WrongOutputs`. Within a job the models are interleaved. A
-    model that fails on its input raises ``RuntimeError``.
+    model that fails on its input raises ``RuntimeError``. Exported files go into a temporary
+    folder of ``workdir`` (default: the system's), removed on return, error or interrupt.
     """
     engine = resolve_engine(engine, device)
     spec = engine_spec(engine, device)
+    with scratch_folder(workdir) as folder:
+        return _time_engine(
+            engine, spec, models, examples, jobs, device, threads, runs, warmup, folder
+        )
+
+
+def _time_engine(
+    engine: str,
+    spec: EngineSpec,
+    models: Mapping[K, nn.Module],
+    examples: Mapping[K, Tensor],
+    jobs: Sequence[Mapping[K, Tensor]],
+    device: str,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    workdir: Path,
+) -> list[dict[K, Timing]]:
     kind = resolve_device(device).type
     with torch.inference_mode():
         expected = [

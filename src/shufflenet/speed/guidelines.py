@@ -22,7 +22,6 @@ own channel settings (the ARM columns use smaller widths).
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -340,7 +339,7 @@ def run_guidelines(
     settings["engine"] = resolve_engine(config.engine, config.device)
     result = GuidelineResult(machine_info(config.device), settings)
     note = progress or (lambda _msg: None)
-    with torch_threads(config.threads) as threads, tempfile.TemporaryDirectory() as workdir:
+    with torch_threads(config.threads) as threads:
         result.config["threads"] = threads
         for key in settings["tables"]:
             table = GUIDELINE_TABLES[key]
@@ -388,7 +387,6 @@ def run_guidelines(
                     threads=config.threads,
                     runs=runs,
                     warmup=warmup,
-                    workdir=workdir,
                 )
                 for i, t in timings.items():
                     out.rows[i].median_ms.append(t.median_ms)

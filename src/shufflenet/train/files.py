@@ -17,6 +17,7 @@ import errno
 import fcntl
 import io
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from ..io import atomic_path, write_text
+from ..weights import error_reason
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -163,11 +165,19 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The contents of a ``checkpoint.pt``; ``ValueError`` for a damaged or foreign file."""
+    """The contents of a ``checkpoint.pt``; ``ValueError`` for a damaged or foreign file, in one
+    line that quotes nothing from the file unescaped."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a foreign or damaged file: say so in one line
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    except pickle.UnpicklingError:  # torch's text quotes the file and advises unsafe loading
+        raise ValueError(
+            f"{path} is not a shufflenet training checkpoint: it is corrupt or holds objects "
+            "other than tensors and plain values, which are never unpickled"
+        ) from None
+    except Exception as e:  # a truncated or damaged file: say so in one line
+        raise ValueError(
+            f"cannot read checkpoint {path} (truncated or corrupt): {error_reason(e)}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a shufflenet training checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
