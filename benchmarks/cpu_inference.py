@@ -1,4 +1,4 @@
-"""Fast inference against torchvision's ShuffleNet: the ratios of issue 6, measured in one run.
+"""Fast inference against torchvision's ShuffleNet: the speed ratios, measured in one run.
 
     python benchmarks/cpu_inference.py [--rounds 9] [--json out.json] [--sections ort,v1,...]
 
@@ -7,7 +7,7 @@ Sections (every ratio is a median over interleaved rounds, with the min..max ove
 * ``ort``: our shufflenet_v2_x1_0 export (shuffle-free graph) vs torchvision's model exported
   with the legacy and the dynamo exporter (dynamic batch axis; the faster is the baseline), in
   ONNX Runtime with all graph optimisations, batch 1 and 32. ONNX Runtime sessions are timed in
-  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.speed.ort_worker``):
+  a process of their own, sharing one pool of 2 intra-op threads (``shufflenet.speed.worker``):
   with a pool per session, the idle pools spin and slow whichever session runs next.
 * ``v1``: the same for shufflenet_v1_g3_x1_0 against a straightforward export of our own model.
 * ``layouts``: our V2 1x export padded to ONNX Runtime's AVX-512 and AVX2 NCHWc channel blocks
@@ -50,7 +50,7 @@ from shufflenet.export import model_metadata, onnx_bytes, quantize_int8, sample_
 from shufflenet.export.onnx import to_onnx
 from shufflenet.runtimes import openvino_core, ort_session
 from shufflenet.speed.bench import machine_info
-from shufflenet.speed.ort_worker import measure_in_process
+from shufflenet.speed.worker import measure_in_process
 from shufflenet.timer import Timing
 
 THREADS = 2
@@ -148,7 +148,7 @@ def ort_interleaved(
     files: dict[str, Path], x: np.ndarray, rounds: int, seconds: float = 0.4
 ) -> dict[str, list[float]]:
     """Per-round median latency (ms) of each file in ONNX Runtime, interleaved in one process
-    whose sessions share one pool of THREADS threads (``shufflenet.speed.ort_worker``)."""
+    whose sessions share one pool of THREADS threads (``shufflenet.speed.worker``)."""
     probe = ort_session(next(iter(files.values())), THREADS)
     feed = {probe.get_inputs()[0].name: x}
     probe.run(None, feed)

@@ -14,7 +14,7 @@ quantizer). int8 files are calibrated on 64 digits images at the input size (ran
 timing does not depend on what the net has learnt, but BatchNorm statistics are measured on
 them so that activations keep their scale); each is checked against the fp32 output before
 timing (the correlation of the logits, reported; under 0.5 aborts). Each (round,
-runtime) is one fresh process (:func:`shufflenet.speed.ort_worker.measure_in_process`) timing
+runtime) is one fresh process (:func:`shufflenet.speed.worker.measure_in_process`) timing
 all the graphs interleaved; the runtimes alternate within a round, so that machine load drifts
 over all of them alike. Every fp32 output is checked against eager PyTorch before timing.
 Reported: the median over rounds of each round's median, and the min..max over rounds, and per
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shufflenet.export import RUNTIMES as RUNTIME_ROWS
 from shufflenet.export.calibration import calibration_data
 from shufflenet.export.edge import EDGE_LAYOUT
 from shufflenet.export.executorch import to_pte_int8
@@ -52,11 +53,10 @@ from shufflenet.export.mnn import quantize_mnn
 from shufflenet.export.onnx import plain_graph, to_onnx
 from shufflenet.io import write_bytes, write_json
 from shufflenet.models.base import ShuffleNetBase
-from shufflenet.runtimes import ort_session
 from shufflenet.speed.baselines import build_model, build_torchvision_counterpart
 from shufflenet.speed.bench import machine_info
-from shufflenet.speed.engines import ENGINES, EdgeEngine, OnnxEngine, available_engines
-from shufflenet.speed.ort_worker import OPENERS, measure_in_process
+from shufflenet.speed.engines import ENGINES, RuntimeEngine, available_engines
+from shufflenet.speed.worker import measure_in_process
 
 MODELS = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0"]
 # engine (its export of our graph) -> the runtime that runs it
@@ -93,14 +93,14 @@ def _subjects(models: list[str], images: torch.Tensor) -> dict[str, nn.Module]:
     return out
 
 
-def _specs(engines: list[str], layout: str) -> dict[str, OnnxEngine | EdgeEngine]:
+def _specs(engines: list[str], layout: str) -> dict[str, RuntimeEngine]:
     """Each engine's spec; with ``layout`` "edge", every edge engine converts ours in
     :data:`EDGE_LAYOUT` (XNNPACK's), whatever its export's own layout."""
-    specs: dict[str, OnnxEngine | EdgeEngine] = {}
+    specs: dict[str, RuntimeEngine] = {}
     for engine in engines:
         spec = ENGINES[engine]
-        assert isinstance(spec, OnnxEngine | EdgeEngine)
-        if layout == "edge" and isinstance(spec, EdgeEngine):
+        assert isinstance(spec, RuntimeEngine)
+        if layout == "edge" and spec.runtime.fixed_batch:
             spec = dataclasses.replace(spec, layout=EDGE_LAYOUT)
         specs[engine] = spec
     return specs
@@ -108,7 +108,7 @@ def _specs(engines: list[str], layout: str) -> dict[str, OnnxEngine | EdgeEngine
 
 def _int8(
     engine: str,
-    spec: OnnxEngine | EdgeEngine,
+    spec: RuntimeEngine,
     model: nn.Module,
     x: torch.Tensor,
     calib: torch.Tensor,
@@ -124,7 +124,6 @@ def _int8(
             to_onnx(module, x, dynamic_batch=False), calib, batch=1, weights=default_int8_weights()
         )
         return str(write_bytes(folder / "model.int8.onnx", proto.SerializeToString()))
-    assert isinstance(spec, EdgeEngine)
     module = spec.graph(model, x)
     if engine == "litert":
         return str(write_bytes(folder / "model.tflite", to_tflite_int8(module, x, calib)))
@@ -138,11 +137,8 @@ def _int8_correlation(engine: str, path: str, x: np.ndarray, expected: np.ndarra
     """The correlation of the int8 file's logits with the fp32 model's (random weights: int8
     noise builds up through a network that was never trained, so the logits move, but a wrong
     or degenerate file is uncorrelated)."""
-    if RUNTIMES[engine] == "onnxruntime":  # OPENERS' session wants the timing process's pool
-        session = ort_session(path, 1)
-        out = session.run(None, {session.get_inputs()[0].name: x})[0]
-    else:
-        out = OPENERS[RUNTIMES[engine]](path, 1)(x)()
+    opened = RUNTIME_ROWS[RUNTIMES[engine]].load(path, 1, "cpu")
+    out = opened.run(opened.inputs(x))
     out = np.asarray(out, dtype=np.float32).reshape(expected.shape)
     if not np.isfinite(out).all() or out.std() == 0:
         return 0.0

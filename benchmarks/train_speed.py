@@ -1,4 +1,4 @@
-"""Training speed against torchvision's ShuffleNet V2 1x (issue 14): images/s of one step.
+"""Training speed against torchvision's ShuffleNet V2 1x: images/s of one step.
 
     python benchmarks/train_speed.py [--rounds 3] [--quick] [--json out.json] [--devices cpu,cuda]
 
@@ -8,7 +8,7 @@ random images, for
 
 * ``torchvision``: ``torchvision.models.shufflenet_v2_x1_0(weights=None)`` in the same loop;
 * ``ours``: ``shufflenet_v2_x1_0``;
-* ``fast``: its shuffle-free training form, ``shufflenet.deploy.train_model``;
+* ``fast``: its shuffle-free training form, ``shufflenet.train.train_model``;
 * ``fast_compile``: ``fast`` with the whole step function (forward, loss, backward, SGD step)
   under ``torch.compile``. Dynamo (torch 2.14) splits it at ``loss.backward()``: forward + loss
   is one graph, whose backward AOTAutograd compiles too, and the SGD step another. With
@@ -47,7 +47,7 @@ def _model(config: str, name: str = MODEL) -> torch.nn.Module:
     import torchvision
 
     import shufflenet
-    from shufflenet.deploy import train_model
+    from shufflenet.train import train_model
 
     torch.manual_seed(0)
     if config == "torchvision":

@@ -12,17 +12,17 @@ from shufflenet.cli import main
 from shufflenet.complexity import profile
 from shufflenet.export.onnx import to_onnx
 from shufflenet.speed.baselines import BASELINES, build_model, expand_model_names, model_card
-from shufflenet.speed.bench import BenchConfig, run_bench
+from shufflenet.speed.bench import BenchConfig, SpeedResult, run_bench
 from shufflenet.speed.checks import WrongOutputs
 from shufflenet.speed.engines import (
-    OnnxEngine,
+    RuntimeEngine,
     available_engines,
     make_engine,
     resolve_engine,
     time_engine,
 )
-from shufflenet.speed.ort_worker import measure_in_process
 from shufflenet.speed.timing import plot_timing, time_layers
+from shufflenet.speed.worker import measure_in_process
 from shufflenet.timer import Timing, measure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,9 @@ def test_bench_records_schema_and_torchvision_ratio():
         warmup=0,
         compare="torchvision",
     )
-    data = json.loads(json.dumps(run_bench(config).to_dict()))
+    result = run_bench(config)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert isinstance(result, SpeedResult) and list(data) == ["machine", "config", "records"]
     assert {"cpu", "simd", "torch", "onnxruntime"} <= set(data["machine"])
     records = data["records"]
     keys = {(r["implementation"], r["engine"], r["batch_size"]) for r in records}
@@ -133,12 +135,12 @@ def test_time_engine_gives_one_result_per_job(engine):
 def test_an_engine_that_computes_wrong_is_refused_before_timing(engine, monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()  # other weights
-    real = OnnxEngine.export
-    monkeypatch.setattr(OnnxEngine, "export", lambda self, m, *args: real(self, other, *args))
+    real = RuntimeEngine.export
+    monkeypatch.setattr(RuntimeEngine, "export", lambda self, m, *args: real(self, other, *args))
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(WrongOutputs, match=f"{engine} computes p wrong, not timing it"):
         time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
-    monkeypatch.setattr(OnnxEngine, "export", real)
+    monkeypatch.setattr(RuntimeEngine, "export", real)
     (result,) = time_engine(engine, {"p": model}, {"p": x}, [{"p": x}], runs=2, warmup=0)
     assert len(result["p"].samples_ms) == 2
 

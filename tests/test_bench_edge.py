@@ -10,7 +10,7 @@ from shufflenet.speed.checks import WrongOutputs
 from shufflenet.speed.engines import (
     AUTO_ORDER,
     ENGINES,
-    EdgeEngine,
+    RuntimeEngine,
     available_engines,
     engine_spec,
     resolve_engine,
@@ -49,7 +49,7 @@ def converted(v2, x, tmp_path_factory):
 def test_edge_engine_times_its_file(engine, v2, x, converted, monkeypatch):
     path = converted(engine)
     assert path.stat().st_size > 100_000  # V2 0.5x's 1.4 M weights, fp32
-    monkeypatch.setattr(EdgeEngine, "export", lambda self, model, example, workdir: path)
+    monkeypatch.setattr(RuntimeEngine, "export", lambda self, model, example, workdir: path)
     (result,) = time_engine(engine, {"v2": v2}, {"v2": x[:1]}, [{"v2": x}], runs=2, warmup=0)
     assert len(result["v2"].samples_ms) == 2 and result["v2"].median_ms > 0
 
@@ -59,7 +59,7 @@ def test_a_wrong_file_is_refused_before_timing(x, converted, monkeypatch):
     # The check is the timing process's, the same for every runtime: one (the quickest) is tried.
     engine = "mnn" if "mnn" in EDGE else EDGE[0]
     path = converted(engine)  # V2 0.5x with the fixture's weights
-    monkeypatch.setattr(EdgeEngine, "export", lambda self, model, example, workdir: path)
+    monkeypatch.setattr(RuntimeEngine, "export", lambda self, model, example, workdir: path)
     torch.manual_seed(1)  # other random weights (whatever seeded the global RNG before)
     other = shufflenet.create_model("shufflenet_v2_x0_5").eval()
     with pytest.raises(WrongOutputs, match=f"{engine} computes p wrong, not timing it"):

@@ -14,89 +14,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import randomize_bn
+from conftest import (
+    STAGE_UNITS,
+    megvii_v1_checkpoint,
+    megvii_v2_checkpoint,
+    randomize_bn,
+    rel_err,
+    save_megvii,
+)
 
 import shufflenet
 from shufflenet.cli import main
 from shufflenet.convert import convert_checkpoint, megvii_v1_filter, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_UNITS = (4, 8, 4)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- a Megvii-format checkpoint and the official forward, from the documented layout ----------
-class _Maker:
-    """Random tensors for conv and BN entries, scaled so that activations stay near 1."""
-
-    def __init__(self, seed: int) -> None:
-        self.g = torch.Generator().manual_seed(seed)
-        self.sd: dict[str, torch.Tensor] = {}
-
-    def conv(self, name: str, cout: int, cin_per_group: int, k: int) -> None:
-        w = torch.randn(cout, cin_per_group, k, k, generator=self.g)
-        self.sd[f"{name}.weight"] = w / (cin_per_group * k * k) ** 0.5
-
-    def bn(self, name: str, c: int, var_scale: float = 1.0) -> None:
-        self.sd[f"{name}.weight"] = torch.rand(c, generator=self.g) + 0.5
-        self.sd[f"{name}.bias"] = torch.rand(c, generator=self.g) * 0.4 - 0.2
-        self.sd[f"{name}.running_mean"] = (torch.rand(c, generator=self.g) - 0.5) * var_scale**0.5
-        self.sd[f"{name}.running_var"] = (torch.rand(c, generator=self.g) + 0.5) * var_scale
-        self.sd[f"{name}.num_batches_tracked"] = torch.tensor(1000)
-
-    def stem_and_head(self, stem: int, last: int, classes: int) -> None:
-        self.conv("first_conv.0", stem, 3, 3)
-        self.bn("first_conv.1", stem, var_scale=1e4)  # 0-255 input
-        self.sd["classifier.0.weight"] = torch.randn(classes, last, generator=self.g) / last**0.5
-
-
-def megvii_v2_checkpoint(widths, classes=1000, seed=0):
-    stem, *stages, last = widths
-    m = _Maker(seed)
-    m.stem_and_head(stem, last, classes)
-    n, inp = 0, stem
-    for oup, units in zip(stages, STAGE_UNITS, strict=True):
-        for i in range(units):
-            p, mid = f"features.{n}", oup // 2
-            cin = inp if i == 0 else oup // 2
-            outputs = oup - cin
-            m.conv(f"{p}.branch_main.0", mid, cin, 1)
-            m.bn(f"{p}.branch_main.1", mid)
-            m.conv(f"{p}.branch_main.3", mid, 1, 3)
-            m.bn(f"{p}.branch_main.4", mid)
-            m.conv(f"{p}.branch_main.5", outputs, mid, 1)
-            m.bn(f"{p}.branch_main.6", outputs)
-            if i == 0:
-                m.conv(f"{p}.branch_proj.0", inp, 1, 3)
-                m.bn(f"{p}.branch_proj.1", inp)
-                m.conv(f"{p}.branch_proj.2", inp, inp, 1)
-                m.bn(f"{p}.branch_proj.3", inp)
-            n, inp = n + 1, oup
-    m.conv("conv_last.0", last, inp, 1)
-    m.bn("conv_last.1", last)
-    return m.sd
-
-
-def megvii_v1_checkpoint(groups, widths, classes=1000, seed=0):
-    stem, *stages = widths
-    m = _Maker(seed)
-    m.stem_and_head(stem, stages[-1], classes)
-    n, inp = 0, stem
-    for oup, units in zip(stages, STAGE_UNITS, strict=True):
-        for i in range(units):
-            p, mid = f"features.{n}", oup // 4
-            g1 = 1 if n == 0 else groups
-            m.conv(f"{p}.branch_main_1.0", mid, inp // g1, 1)
-            m.bn(f"{p}.branch_main_1.1", mid)
-            m.conv(f"{p}.branch_main_1.3", mid, 1, 3)
-            m.bn(f"{p}.branch_main_1.4", mid)
-            m.conv(f"{p}.branch_main_2.0", oup - inp if i == 0 else oup, mid // groups, 1)
-            m.bn(f"{p}.branch_main_2.1", oup - inp if i == 0 else oup)
-            n, inp = n + 1, oup
-    return m.sd
-
-
+# -- the official forward, from the documented layout ------------------------------------------
 def _conv_bn(sd, x, conv, bn, stride=1, groups=1, relu=False):
     w = sd[f"{conv}.weight"]
     x = F.conv2d(x, w, None, stride, w.shape[-1] // 2, 1, groups)
@@ -151,17 +87,8 @@ def official_v1_forward(sd, x, groups):
     return F.linear(x.mean((2, 3)), sd["classifier.0.weight"])
 
 
-def _save_megvii(sd, path):
-    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
-    return path
-
-
 def _bgr_images(batch=2, size=96):
     return torch.randint(0, 256, (batch, 3, size, size), generator=torch.Generator().manual_seed(1))
-
-
-def _rel_err(ours, ref):
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
 
 
 @pytest.mark.parametrize(
@@ -173,7 +100,7 @@ def _rel_err(ours, ref):
 )
 def test_megvii_v2_reproduces_official_outputs(tmp_path, name, widths):
     sd = megvii_v2_checkpoint(widths)
-    src = _save_megvii(sd, tmp_path / "megvii.pth.tar")
+    src = save_megvii(sd, tmp_path / "megvii.pth.tar")
     result = convert_checkpoint(src, tmp_path / "ours.safetensors", "megvii")
     assert (result.model, result.layout, result.num_classes) == (name, "megvii", 1000)
     model = shufflenet.load(result.path)
@@ -187,7 +114,7 @@ def test_megvii_v2_reproduces_official_outputs(tmp_path, name, widths):
     with torch.no_grad():
         ours, ref = model(x), official_v2_forward(sd, x)
     assert ref.abs().max() > 0.1  # a forward that does real work
-    assert _rel_err(ours, ref) < 1e-4
+    assert rel_err(ours, ref) < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -195,7 +122,7 @@ def test_megvii_v2_reproduces_official_outputs(tmp_path, name, widths):
 )
 def test_megvii_v1_reproduces_official_outputs(tmp_path, groups, widths):
     sd = megvii_v1_checkpoint(groups, widths)
-    src = _save_megvii(sd, tmp_path / "megvii_v1.pth.tar")
+    src = save_megvii(sd, tmp_path / "megvii_v1.pth.tar")
     name = f"shufflenet_v1_g{groups}_x0_5"
     # g=3: the architecture is found from the shapes; g=8: named.
     result = convert_checkpoint(
@@ -208,12 +135,12 @@ def test_megvii_v1_reproduces_official_outputs(tmp_path, groups, widths):
     with torch.no_grad():
         ours, ref = model(x), official_v1_forward(sd, x, groups)
     assert ref.abs().max() > 0.1
-    assert _rel_err(ours, ref) < 1e-4
+    assert rel_err(ours, ref) < 1e-4
     # The paper layout with the same weights is a different function: the layouts matter.
     paper = shufflenet.create_model(result.model).eval()
     paper.load_state_dict({**megvii_v1_filter(sd), "fc.bias": torch.zeros(1000)})
     with torch.no_grad():
-        assert _rel_err(paper(x), ref) > 1e-2
+        assert rel_err(paper(x), ref) > 1e-2
 
 
 def test_torchvision_round_trip(tmp_path):
@@ -238,7 +165,7 @@ def test_torchvision_round_trip(tmp_path):
 
 def test_mismatched_checkpoints_name_the_first_keys(tmp_path):
     sd = megvii_v2_checkpoint((24, 48, 96, 192, 1024))
-    src = _save_megvii(sd, tmp_path / "m.pth.tar")
+    src = save_megvii(sd, tmp_path / "m.pth.tar")
     with pytest.raises(ValueError) as err:
         convert_checkpoint(src, tmp_path / "x.safetensors", "megvii", model="shufflenet_v2_x1_0")
     assert "does not fit shufflenet_v2_x1_0" in str(err.value)
@@ -247,7 +174,7 @@ def test_mismatched_checkpoints_name_the_first_keys(tmp_path):
     )
     del sd["conv_last.0.weight"]
     sd["extra.weight"] = torch.zeros(3)
-    _save_megvii(sd, src)
+    save_megvii(sd, src)
     with pytest.raises(ValueError) as err:
         convert_checkpoint(src, tmp_path / "x.safetensors", "megvii")
     assert "missing: conv5.0.weight" in str(err.value)

@@ -8,7 +8,7 @@ forwards over the raw Megvii-keyed tensors, written independently of shufflenet'
 import pytest
 import torch
 import torch.nn.functional as F
-from test_convert import _Maker, _rel_err, _save_megvii
+from conftest import MegviiMaker, rel_err, save_megvii
 
 import shufflenet
 from shufflenet.cli import main
@@ -29,7 +29,7 @@ def _plus_kernel(n):
 
 
 def megvii_plus_checkpoint(widths, classes=1000, seed=0):
-    m = _Maker(seed)
+    m = MegviiMaker(seed)
     m.conv("first_conv.0", 16, 3, 3)
     m.bn("first_conv.1", 16, var_scale=1e4)  # 0-255 input
     n, inp = 0, 16
@@ -138,7 +138,7 @@ def official_plus_forward(sd, x):
 def test_megvii_v2_plus_reproduces_official_outputs(tmp_path, size):
     sd = megvii_plus_checkpoint(PLUS_WIDTHS[size])
     assert len(sd) == 549  # as many tensors as the release's checkpoints
-    src = _save_megvii(sd, tmp_path / f"ShuffleNetV2+.{size}.pth.tar")
+    src = save_megvii(sd, tmp_path / f"ShuffleNetV2+.{size}.pth.tar")
     result = convert_checkpoint(src, tmp_path / "plus.safetensors", "megvii")
     name = f"shufflenet_v2_plus_{size}"  # the size is read from the shapes
     assert (result.model, result.layout, result.num_classes) == (name, "megvii", 1000)
@@ -149,7 +149,7 @@ def test_megvii_v2_plus_reproduces_official_outputs(tmp_path, size):
     with torch.no_grad():
         ours, ref = model(x), official_plus_forward(sd, x)
     assert ref.abs().max() > 0.1  # a forward that does real work
-    assert _rel_err(ours, ref) < 1e-4
+    assert rel_err(ours, ref) < 1e-4
 
 
 # -- ShuffleNetV2.Large (SE-ShuffleNet v2-164) ---------------------------------------------------
@@ -160,7 +160,7 @@ BN_EPS = 1e-9
 
 
 def megvii_large_checkpoint(repeats=LARGE_REPEATS, mid=LARGE_MID, classes=1000, aux=True, seed=0):
-    m = _Maker(seed)
+    m = MegviiMaker(seed)
 
     def cbr(name, cout, cin_per_group, k, var_scale=1.0):
         m.conv(f"{name}.conv", cout, cin_per_group, k)
@@ -253,7 +253,7 @@ def test_megvii_v2_large_reproduces_official_outputs(tmp_path):
     # The release's deployment network (no auxiliary heads), at full size, through the CLI.
     sd = megvii_large_checkpoint(aux=False)
     assert not any(k.startswith("predict_") or k.endswith("num_batches_tracked") for k in sd)
-    src = _save_megvii(sd, tmp_path / "ShuffleNetV2.Large.pth.tar")
+    src = save_megvii(sd, tmp_path / "ShuffleNetV2.Large.pth.tar")
     dst = tmp_path / "large.safetensors"
     assert main(["convert", str(src), str(dst), "--from", "megvii"]) == 0
     model = shufflenet.load(dst)
@@ -265,7 +265,7 @@ def test_megvii_v2_large_reproduces_official_outputs(tmp_path):
     with torch.no_grad():
         ours, (ref, _) = model(x), official_large_forward(sd, x)
     assert ref.abs().max() > 0.1
-    assert _rel_err(ours, ref) < 1e-4
+    assert rel_err(ours, ref) < 1e-4
 
 
 def test_megvii_v2_large_auxiliary_heads():
@@ -283,13 +283,13 @@ def test_megvii_v2_large_auxiliary_heads():
         ref, ref_aux = official_large_forward(sd, x, repeats)
         stages = net.forward_stages(x)
         ours = net(x)
-    assert _rel_err(ours, ref) < 1e-4
+    assert rel_err(ours, ref) < 1e-4
     assert sorted(ref_aux) == ["stage2", "stage3", "stage4"]
     for feature, info in zip(stages, net.feature_info, strict=False):
         name = info["module"]
         if name in ref_aux:
             with torch.no_grad():
-                assert _rel_err(net.aux_heads[name](feature), ref_aux[name]) < 1e-4
+                assert rel_err(net.aux_heads[name](feature), ref_aux[name]) < 1e-4
 
 
 def test_megvii_detection_routes_each_release():
@@ -334,7 +334,7 @@ def test_megvii_v2_large_se_copies_must_agree(tmp_path):
     # through convert: a ValueError naming the file's keys, nothing written
     full = megvii_large_checkpoint((1, 1, 1, 1), (8, 8, 8, 8), classes=5)
     full["features.2.4a.se_block.2.bias"] = full["features.2.4a.se_block.2.bias"] + 1
-    src = _save_megvii(full, tmp_path / "bad.pth.tar")
+    src = save_megvii(full, tmp_path / "bad.pth.tar")
     dst = tmp_path / "bad.safetensors"
     with pytest.raises(ValueError, match=r"features\.2\.4a\.se_block\.2\.bias differs"):
         convert_checkpoint(src, dst, "megvii")
@@ -343,7 +343,7 @@ def test_megvii_v2_large_se_copies_must_agree(tmp_path):
 
 def test_megvii_named_model_must_be_of_the_detected_family(tmp_path):
     sd = megvii_plus_checkpoint(PLUS_WIDTHS["small"], classes=10)
-    src = _save_megvii(sd, tmp_path / "plus.pth.tar")
+    src = save_megvii(sd, tmp_path / "plus.pth.tar")
     dst = tmp_path / "x.safetensors"
     with pytest.raises(ValueError, match="ShuffleNetV2\\+ checkpoint: model must be one of "
                        "shufflenet_v2_plus_small"):  # fmt: skip

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import digits_model, randomize_bn
+from conftest import digits_model, randomize_bn, varied_model
 
 import shufflenet
 from shufflenet import data
@@ -38,11 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name, layout=None, **kwargs):
-    model = shufflenet.create_model(name, **kwargs, **({"layout": layout} if layout else {}))
-    randomize_bn(model)
-    with torch.no_grad():  # logits of order 1, so that a wrong graph cannot hide in rounding
-        model.fc.weight.normal_(0.0, model.num_features**-0.5)
-    return model.eval()
+    return varied_model(name, **kwargs, **({"layout": layout} if layout else {}))
 
 
 @pytest.mark.parametrize(

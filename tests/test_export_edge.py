@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import digits_model, randomize_bn
+from conftest import digits_model, randomize_bn, varied_model
 from PIL import Image
 
 import shufflenet
@@ -34,10 +34,11 @@ from shufflenet.export import (
     verify_mnn,
 )
 from shufflenet.export.edge import edge_graph
+from shufflenet.export.mnn import MNN_RUNTIME
 from shufflenet.export.xnnpack import xnnpack_graph
 from shufflenet.predict import Predictor
-from shufflenet.runtimes import EXTRAS, has_runtime
-from shufflenet.speed.ort_worker import measure_in_process
+from shufflenet.runtimes import installed
+from shufflenet.speed.worker import measure_in_process
 
 EXT = {"litert": ".tflite", "executorch": ".pte", "mnn": ".mnn"}
 OPEN = {"litert": open_litert, "executorch": open_executorch, "mnn": open_mnn}
@@ -50,15 +51,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _needs(fmt):
     """Skip without ``fmt``'s converter and runtime (imported as the library does: MNN prints
     to standard output when imported otherwise)."""
-    if importlib.util.find_spec(CONVERTER[fmt].split(".")[0]) is None or not has_runtime(fmt):
+    extra = FORMATS[fmt].runtime.extra
+    if importlib.util.find_spec(CONVERTER[fmt].split(".")[0]) is None or not installed(extra):
         pytest.skip(f"no {fmt} converter or runtime: pip install 'shufflenet[{fmt}]'")
-
-
-def _model(name, **kwargs):
-    model = randomize_bn(shufflenet.create_model(name, **kwargs))
-    with torch.no_grad():  # logits of order 1, so that a wrong graph cannot hide in rounding
-        model.fc.weight.normal_(0.0, model.num_features**-0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +137,7 @@ def test_v2_exports_verifies_predicts_and_quantizes(fmt, digits, tmp_path, capfd
 @pytest.mark.parametrize("fmt", ["litert", "executorch", "mnn"])
 def test_v1_at_a_fixed_batch_and_a_wrong_model_fails(fmt, tmp_path):
     _needs(fmt)
-    model = _model("shufflenet_v1_g3_x0_5", num_classes=4)
+    model = varied_model("shufflenet_v1_g3_x0_5", num_classes=4)
     out = tmp_path / f"v1{EXT[fmt]}"
     result = export_model(model, out, fmt, batch=2, input_size=(64, 64))
     assert result.passed and result.verification.batch_sizes == (2,), result.verification
@@ -151,7 +146,7 @@ def test_v1_at_a_fixed_batch_and_a_wrong_model_fails(fmt, tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(opened(x) - expected).max() <= 1e-4 * np.abs(expected).max()
-    other = randomize_bn(_model("shufflenet_v1_g3_x0_5", num_classes=4), seed=1)
+    other = randomize_bn(varied_model("shufflenet_v1_g3_x0_5", num_classes=4), seed=1)
     wrong = VERIFY[fmt](out, other)
     assert not wrong.passed and "FAILED" in wrong.summary()
 
@@ -166,7 +161,7 @@ def test_v1_at_a_fixed_batch_and_a_wrong_model_fails(fmt, tmp_path):
 def test_models_without_a_fast_path_export_their_plain_graph(fmt, name, tmp_path):
     _needs(fmt)
     name, _, layout = name.partition("-")
-    model = _model(name, num_classes=5, **({"layout": layout} if layout else {}))
+    model = varied_model(name, num_classes=5, **({"layout": layout} if layout else {}))
     out = tmp_path / f"m{EXT[fmt]}"
     result = export_model(model, out, fmt, input_size=(64, 64))
     assert result.passed, result.verification
@@ -182,8 +177,9 @@ def test_models_without_a_fast_path_export_their_plain_graph(fmt, name, tmp_path
     ],
 )
 def test_xnnpack_rewrites_are_exact(name, layout, pools, hardsigmoids, splits):
-    model = _model(name, num_classes=4, **({"layout": layout} if layout else {}))
-    graph = edge_graph(model, ExportOptions(17, 2, (64, 64), None))
+    model = varied_model(name, num_classes=4, **({"layout": layout} if layout else {}))
+    # the plain graph (no fastpath), without the XNNPACK formats' rewrites: MNN's
+    graph = edge_graph(model, ExportOptions(17, 2, (64, 64), None), MNN_RUNTIME)
 
     def count(module):
         kinds = (torch.nn.AvgPool2d, torch.nn.Hardsigmoid)
@@ -203,7 +199,7 @@ def test_xnnpack_rewrites_are_exact(name, layout, pools, hardsigmoids, splits):
         assert (rewritten(graph.example) - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
-def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys, monkeypatch):
+def test_cli_edge_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys, monkeypatch):
     _needs("mnn")
     import shufflenet.export.onnx as onnx_export
     from shufflenet.deploy import fuse_bn, static_shuffles
@@ -225,7 +221,8 @@ def test_cli_export_fails_with_numbers_when_the_graph_is_wrong(tmp_path, capsys,
 @pytest.mark.parametrize("fmt", ["litert", "executorch", "mnn"])
 def test_a_missing_runtime_is_one_line_naming_the_extra(fmt, tmp_path, capsys, monkeypatch):
     real = importlib.import_module
-    top = {name.split(".")[0] for name in (CONVERTER[fmt], EXTRAS[fmt][2])}
+    extra = FORMATS[fmt].runtime.extra
+    top = {name.split(".")[0] for name in (CONVERTER[fmt], extra.module)}
     top |= {"ai_edge_litert"} if fmt == "litert" else set()
 
     def missing(name, *args, **kwargs):
@@ -234,7 +231,7 @@ def test_a_missing_runtime_is_one_line_naming_the_extra(fmt, tmp_path, capsys, m
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib, "import_module", missing)
-    assert not has_runtime(fmt)
+    assert not installed(extra)
     out = tmp_path / f"x{EXT[fmt]}"
     argv = ["export", "--model", "shufflenet_v2_x0_5", "--format", fmt, "--out", str(out)]
     assert main([*argv, "--input-size", "64"]) == 2

@@ -9,9 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import randomize_bn
+from conftest import varied_model
 
-import shufflenet
 import shufflenet.deploy.inference as inference
 from shufflenet.deploy import optimize
 from shufflenet.deploy.fastpath import (
@@ -20,19 +19,15 @@ from shufflenet.deploy.fastpath import (
     OPENVINO,
     FastPathOptions,
     FastShuffleNetV2,
-    _stage_routes,
     fast_model,
     fastpath_support,
     onnxruntime_layout,
+    stage_routes,
 )
 from shufflenet.export import onnx_bytes, read_onnx_metadata
 
 TOL = 1e-4
 LAYOUTS = {"onnxruntime": ONNXRUNTIME, "openvino": OPENVINO, "eager": EAGER}
-
-
-def _model(name: str, **kwargs: object) -> torch.nn.Module:
-    return randomize_bn(shufflenet.create_model(name, **kwargs)).eval()
 
 
 def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
@@ -42,7 +37,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("half,units", [(24, 4), (116, 8), (7, 5)])
 def test_stage_routes_read_every_channel_once(half: int, units: int) -> None:
-    reads, output = _stage_routes(half, units)
+    reads, output = stage_routes(half, units)
     labels = [lab for right in reads for lab in right] + output
     produced = [(p, i) for p in range(units + 1) for i in range(half)]
     assert sorted(labels) == produced  # each producer channel has exactly one consumer
@@ -53,14 +48,14 @@ def test_stage_routes_read_every_channel_once(half: int, units: int) -> None:
     "width,layouts", [("0_5", list(LAYOUTS)), ("1_5", ["onnxruntime"]), ("2_0", ["openvino"])]
 )
 def test_v2_rewrite_is_exact(width: str, layouts: list[str]) -> None:
-    model = _model(f"shufflenet_v2_x{width}")
+    model = varied_model(f"shufflenet_v2_x{width}", scaled_logits=False)
     x = torch.randn(2, 3, 64, 80)
     for layout in layouts:
         assert _max_diff(fast_model(model, LAYOUTS[layout]), model, x) < TOL
 
 
 def test_v2_rewrite_options_and_heads() -> None:
-    model = _model("shufflenet_v2_x0_5", num_classes=0, in_chans=1)
+    model = varied_model("shufflenet_v2_x0_5", num_classes=0, in_chans=1, scaled_logits=False)
     x = torch.randn(3, 1, 48, 48)
     for options in (
         FastPathOptions(chunk_align=8, branch_align=4, stem_align=8, node_cost=1e9),
@@ -81,7 +76,7 @@ def test_onnxruntime_layout_follows_the_nchwc_block() -> None:
 
 
 def test_v2_padding_and_chunks_follow_the_options() -> None:
-    model = _model("shufflenet_v2_x1_0")
+    model = varied_model("shufflenet_v2_x1_0", scaled_logits=False)
     fast = fast_model(model, onnxruntime_layout(frozenset({"avx512f"})))
     assert isinstance(fast, FastShuffleNetV2)
     assert _max_diff(fast, model, torch.randn(1, 3, 64, 64)) < TOL
@@ -109,14 +104,14 @@ def test_v2_padding_and_chunks_follow_the_options() -> None:
     ],
 )
 def test_v1_rewrite_is_exact(name: str, layout: str) -> None:
-    model = _model(name, layout=layout)
+    model = varied_model(name, layout=layout, scaled_logits=False)
     x = torch.randn(2, 3, 64, 64)
     assert _max_diff(fast_model(model), model, x) < TOL
     assert _max_diff(fast_model(model).to(memory_format=torch.channels_last), model, x) < TOL
 
 
 def test_megvii_v2_has_no_fast_path() -> None:
-    model = _model("shufflenet_v2_x0_5", layout="megvii")
+    model = varied_model("shufflenet_v2_x0_5", layout="megvii", scaled_logits=False)
     assert "megvii" in (fastpath_support(model) or "")
     with pytest.raises(ValueError, match="no fast path"):
         fast_model(model)
@@ -131,7 +126,7 @@ def _run_onnx(data: bytes, x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5"])
 def test_onnx_export_is_shuffle_free_exact_and_batch_dynamic(name: str) -> None:
-    model = _model(name)
+    model = varied_model(name, scaled_logits=False)
     data = onnx_bytes(model, input_size=(96, 96))
     ops = collections.Counter(n.op_type for n in onnx.load_from_string(data).graph.node)
     assert "Shape" not in ops
@@ -158,7 +153,7 @@ def test_onnx_export_is_shuffle_free_exact_and_batch_dynamic(name: str) -> None:
     ],
 )
 def test_optimize_is_exact(name: str, backend: str) -> None:
-    model = _model(name)
+    model = varied_model(name, scaled_logits=False)
     x = torch.randn(2, 3, 64, 64)
     fast = optimize(model, example=x, backend=backend)
     assert _max_diff(fast, model, x) < TOL
@@ -168,7 +163,7 @@ def test_optimize_is_exact(name: str, backend: str) -> None:
 
 
 def test_optimize_auto_backend_needs_a_compiler_for_inductor(monkeypatch) -> None:
-    model = _model("shufflenet_v1_g3_x0_25")
+    model = varied_model("shufflenet_v1_g3_x0_25", scaled_logits=False)
     monkeypatch.setattr(inference, "has_cxx_compiler", lambda: False)
     assert isinstance(optimize(model), torch.jit.ScriptModule)  # TorchScript: nothing to compile
     monkeypatch.setattr(inference, "has_cxx_compiler", lambda: True)

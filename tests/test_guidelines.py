@@ -8,6 +8,7 @@ from torch import nn
 
 from shufflenet.cli import main
 from shufflenet.complexity import profile
+from shufflenet.speed.bench import SpeedResult
 from shufflenet.speed.guidelines import (
     GUIDELINE_TABLES,
     INPUT_SIZE,
@@ -95,6 +96,7 @@ def test_run_schema_and_plots(tmp_path):
     config = GuidelinesConfig(quick=True, runs=1, warmup=0, tables=("G4", "g2"), threads=1)
     result = run_guidelines(config)
     data = json.loads(json.dumps(result.to_dict()))
+    assert isinstance(result, SpeedResult) and list(data) == ["machine", "config", "tables"]
     assert [t["key"] for t in data["tables"]] == ["G4", "G2"]
     assert data["config"]["runs"] == 1 and data["config"]["input_size"] == INPUT_SIZE
     for table in result.tables:

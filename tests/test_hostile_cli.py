@@ -1,4 +1,4 @@
-"""Hostile and careless command lines (issue 11, the CLI's part of cases 5, 13, 14 and 15).
+"""Hostile and careless command lines: outputs over inputs, bad values, unwritable outputs.
 
 Every bad value ends in one ``error: ...`` line naming the flag or file and exit 2, before any
 work starts (the steps that would do the work are replaced by tripwires that fail the test),
@@ -61,7 +61,7 @@ def weights_bytes(tmp_path_factory):
     return path.read_bytes()
 
 
-# -- case 5: an export never replaces its own input -----------------------------------------
+# -- an export never replaces its own input -----------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_export_never_overwrites_its_weights(tmp_path, weights_bytes, capsys, we
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["sub", weights])
 
 
-# -- case 14: messages that say what to fix; output folders refused up front ----------------
+# -- messages that say what to fix; output folders refused up front ----------------
 
 
 @pytest.mark.parametrize("batch", ["abc", "1e9", "0", "-3", "", "dynamicc"])

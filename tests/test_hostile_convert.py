@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 import torch
-from test_convert import _save_megvii, megvii_v2_checkpoint
+from conftest import megvii_v2_checkpoint, save_megvii
 
 import shufflenet
 from shufflenet.cli import main
@@ -64,7 +64,7 @@ def test_keys_equal_once_module_prefix_is_stripped_are_refused(tmp_path, capsys)
     _convert_fails(src, tmp_path / "out.safetensors", "megvii", capsys, *parts)
     # the prefix alone is still stripped
     result = convert_checkpoint(
-        _save_megvii(sd, tmp_path / "once.pth.tar"), tmp_path / "ok.safetensors", "megvii"
+        save_megvii(sd, tmp_path / "once.pth.tar"), tmp_path / "ok.safetensors", "megvii"
     )
     assert result.model == "shufflenet_v2_x0_5"
 
@@ -100,7 +100,7 @@ def test_non_finite_tensors_are_counted_and_the_first_named(tmp_path, capsys):
 def test_negative_running_variance_is_refused_naming_the_file_key(tmp_path, capsys):
     sd = megvii_v2_checkpoint(V2_WIDTHS, classes=10)
     sd["features.3.branch_main.4.running_var"][5] = -0.5
-    src = _save_megvii(sd, tmp_path / "negvar.pth.tar")
+    src = save_megvii(sd, tmp_path / "negvar.pth.tar")
     parts = ("negative BatchNorm running variance in features.3.branch_main.4.running_var",)
     _convert_fails(src, tmp_path / "out.safetensors", "megvii", capsys, *parts)
 

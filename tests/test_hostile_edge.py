@@ -8,6 +8,7 @@ The files are exported once per module from the smallest model at 32x32 (MNN ~1 
 """
 
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -224,7 +225,8 @@ def test_a_runtime_crash_on_a_file_is_an_error(
     """The first open runs in a child process: a runtime that dies there (as MNN does on a
     damaged .mnn, XNNPACK's compiler on a damaged .pte) is one error line, and this process
     goes on."""
-    monkeypatch.setitem(runtimes._PROBES, fmt, CRASH.format(how))
+    module = importlib.import_module(f"shufflenet.export.{fmt}")
+    monkeypatch.setattr(module, "PROBE", CRASH.format(how))
     path = exported[fmt]
     with pytest.raises(ValueError, match=f"{fmt} crashed opening or running it \\(SIG{how}\\)"):
         OPEN[fmt](path)
@@ -414,10 +416,10 @@ def test_error_lines_escape_what_comes_from_files(tmp_path, capsys):
     assert "\x1b" not in line and "\x07" not in line and "\\x1b]0;pwned\\x07\\nOK" in line
 
 
-def test_probe_reports_its_signal_by_name(tmp_path, monkeypatch):
-    monkeypatch.setitem(runtimes._PROBES, "mnn", CRASH.format("FPE"))
+def test_probe_reports_its_signal_by_name(tmp_path):
+    code = CRASH.format("FPE")
     with pytest.raises(ValueError, match=r"x\.mnn: mnn crashed opening or running it \(SIGFPE\)"):
-        runtimes.probe("mnn", tmp_path / "copy.mnn", "x.mnn", 10, [1, 3, 32, 32])
+        runtimes.probe("mnn", code, tmp_path / "copy.mnn", "x.mnn", 10, ["1,3,32,32"])
 
 
 def test_a_safetensors_header_with_escapes_prints_escaped(tmp_path, image, capsys):

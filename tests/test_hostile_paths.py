@@ -68,7 +68,7 @@ def _timing_processes(pid: int) -> list[int]:
     found = []
     for child in _children(pid):
         try:
-            if b"shufflenet.speed.ort_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"shufflenet.speed.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
         except OSError:
             pass

@@ -1,4 +1,4 @@
-"""Hostile and careless inputs to ``shufflenet train`` (issue 11): each case, reproduced.
+"""Hostile and careless inputs to ``shufflenet train``: each case, reproduced.
 
 Every case ends in one ``error: ...`` line and exit 2 (no traceback, nothing lost), or works.
 """

@@ -1,3 +1,6 @@
+import inspect
+import re
+
 import pytest
 import torch
 import torchvision
@@ -5,9 +8,9 @@ from conftest import randomize_bn
 from torch.utils.flop_counter import FlopCounterMode
 
 import shufflenet
-from shufflenet.models import AuxOutputs
+from shufflenet.models import AuxOutputs, v1, v2, v2_large, v2_plus
 from shufflenet.models.v1 import V1_STAGE2_WIDTHS, ShuffleNetV1, ShuffleV1Unit, v1_widths
-from shufflenet.models.v2 import ShuffleNetV2
+from shufflenet.models.v2 import InvertedResidual, ShuffleNetV2
 
 ALL = shufflenet.list_models()
 V2_NAMES = shufflenet.list_models("shufflenet_v2_x*")
@@ -84,6 +87,28 @@ def test_v1_unit_and_v2_bad_arguments():
         ShuffleNetV2(stages_out_channels=(24, 116, 232))
     with pytest.raises(ValueError, match="even"):
         ShuffleNetV2(stages_out_channels=(24, 117, 232, 464, 1024))
+
+
+def test_registry_rows_are_the_one_place_of_the_papers_numbers():
+    families = {"v1", "v2", "v2_plus", "v2_large"}
+    assert {shufflenet.get_model_info(n).family for n in ALL} == families
+    tables = [v1.V1_MODELS, v2.V2_MODELS, v2_large.V2_LARGE_MODELS, v2_plus.V2_PLUS_MODELS]
+    assert [info.name for table in tables for info in table] == ALL  # one shape, every family
+    assert all(info is shufflenet.get_model_info(info.name) for t in tables for info in t)
+    for name in ALL:
+        builder = shufflenet.get_model_info(name).builder
+        doc = inspect.getdoc(getattr(builder, "func", builder)) or ""
+        assert not re.search(r"\d\s*(MFLOPs|GFLOPs|M weights|%)", doc), (name, doc)
+
+
+def test_fastpath_support_reads_the_units_declaration():
+    from shufflenet.deploy.fastpath import fastpath_support
+
+    model = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256])
+    assert all(u.shuffle_free_form for u in model.modules() if isinstance(u, InvertedResidual))
+    assert fastpath_support(model) is None
+    model.stage3[0].shuffle_free_form = False
+    assert fastpath_support(model) == "units with a squeeze-excitation layer"
 
 
 def test_unknown_model_suggests_names():
@@ -196,6 +221,7 @@ def test_blocks_take_their_layers():
     swish = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], act_layer=torch.nn.Hardswish)
     assert "Hardswish" in fastpath_support(swish)  # not rewritten: it would be wrong
     se = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], se_layer=_SqueezeExcite)
+    assert not se.stage2[0].shuffle_free_form  # the unit declares it
     assert fastpath_support(se) is not None
     v1 = ShuffleNetV1(groups=3, width_mult=0.5, act_layer=torch.nn.Hardswish, layout="megvii")
     assert v1.fc.bias is None and isinstance(v1.stage2[0].relu1, torch.nn.Hardswish)

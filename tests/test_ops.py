@@ -69,3 +69,14 @@ def test_channel_split_halves_are_views():
     assert left.data_ptr() == x.data_ptr()
     with pytest.raises(ValueError):
         channel_split(torch.randn(1, 7, 2, 2))
+
+
+def test_shufflenet_ops_is_an_alias_of_models_ops():
+    import shufflenet
+    import shufflenet.models.ops as ops
+    from shufflenet.ops import channel_shuffle
+
+    alias = shufflenet.ops  # bound by ``import shufflenet`` alone
+    assert alias.__all__ == ops.__all__
+    assert all(getattr(alias, name) is getattr(ops, name) for name in ops.__all__)
+    assert channel_shuffle is ops.channel_shuffle is shufflenet.channel_shuffle

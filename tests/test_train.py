@@ -21,6 +21,9 @@ from shufflenet.cli import build_parser, main
 from shufflenet.evaluate import evaluate_weights
 from shufflenet.train import (
     METRIC_COLUMNS,
+    OPTIMIZERS,
+    SCHEDULES,
+    StepProgress,
     TrainConfig,
     fit,
     lr_factor,
@@ -68,6 +71,8 @@ def test_lr_schedule():
     cos = [lr_factor(s, total, warm, "cosine") for s in range(total + 1)]
     assert cos[10] == pytest.approx(1.0) and cos[55] == pytest.approx(0.5) and cos[-1] == 0.0
     assert lr_factor(0, 10, 0) == 1.0
+    with pytest.raises(ValueError, match="schedule must be one of linear, cosine, got 'step'"):
+        lr_factor(0, 10, 0, "step")
 
 
 def test_no_weight_decay_on_bn_and_biases():
@@ -196,6 +201,65 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert "class" in table and "top-1" in table and "360 images" in table
 
 
+def test_an_optimizer_or_a_schedule_is_one_row(tmp_path, monkeypatch, capsys):
+    # A row in each table is all it takes: the config, the run and the CLI's choices take it.
+    def adamw(groups, lr, momentum):
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+
+    monkeypatch.setitem(OPTIMIZERS, "adamw", adamw)
+    monkeypatch.setitem(SCHEDULES, "constant", lambda progress: 1.0)
+    parser = build_parser()
+    argv = ["train", TINY, "--optimizer", "adamw", "--schedule", "constant"]
+    args = parser.parse_args(argv)
+    assert (args.optimizer, args.schedule) == ("adamw", "constant")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", TINY, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "sgd, adamw (default sgd" in help_text and "linear, cosine, constant:" in help_text
+    with pytest.raises(SystemExit) as e:
+        main(["train", TINY, "--optimizer", "lion"])
+    assert e.value.code == 2 and "invalid choice: 'lion'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw, got 'lion'"):
+        TrainConfig(model=TINY, optimizer="lion").validated()
+    quick = {**QUICK, "limit_train_batches": 2, "bn_recalibrate": 0}
+    config = TrainConfig(model=TINY, epochs=1, optimizer="adamw", schedule="constant", **quick)
+    result = fit(replace(config, out=str(tmp_path / "r")))
+    state = read_checkpoint(result.checkpoint_path)["optimizer"]["state"]
+    assert {"exp_avg", "exp_avg_sq"} <= set(state[0])  # AdamW trained it
+    assert result.history[-1]["lr"] == pytest.approx(config.validated().lr)  # never decayed
+
+
+def test_progress_reaches_the_caller_after_every_step(tmp_path):
+    reports: list[StepProgress] = []
+    quick = {**QUICK, "limit_train_batches": 6, "bn_recalibrate": 0, "progress": True}
+    config = TrainConfig(model=TINY, epochs=2, out=str(tmp_path / "r"), **quick)
+    fit(config, progress=reports.append)
+    assert [(r.epoch, r.step) for r in reports] == [(e, s) for e in (1, 2) for s in range(1, 7)]
+    assert all(r.epochs == 2 and r.steps == 6 for r in reports)
+    # loss, lr and rate at the first step, every fifth after it and the last of each epoch
+    measured = [r for r in reports if r.loss is not None]
+    assert [(r.epoch, r.step) for r in measured] == [(1, 1), (1, 6), (2, 1), (2, 6)]
+    assert all(r.lr is not None and r.images_per_s and r.images_per_s > 0 for r in measured)
+    assert all(r.lr is None and r.images_per_s is None for r in reports if r.loss is None)
+    reports.clear()
+    quiet = replace(config, out=str(tmp_path / "quiet"), epochs=1, progress=False)
+    fit(quiet, progress=reports.append)
+    assert reports == []
+
+
+@pytest.mark.parametrize(
+    ("terminal", "flags", "bar"),
+    [(True, [], True), (False, [], False), (True, ["--no-progress"], False)],
+)
+def test_cli_draws_the_bar_on_a_terminal_only(tmp_path, capsys, monkeypatch, terminal, flags, bar):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    argv = ["train", TINY, "--epochs", "1", "--out", str(tmp_path / "r"), *QUICK_ARGS, *flags]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1  train loss" in captured.out  # the epoch line, either way
+    assert ("epoch 1/1:" in captured.err) == bar and (captured.err == "") != bar
+
+
 def test_help_quotes_the_real_defaults():
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     helps = {a.dest: a.help or "" for a in train._actions}
@@ -204,6 +268,7 @@ def test_help_quotes_the_real_defaults():
     assert d.epochs is None and "about 600 optimizer steps" in helps["epochs"]
     for name in (
         "batch_size",
+        "optimizer",
         "momentum",
         "weight_decay",
         "label_smoothing",

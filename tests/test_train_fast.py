@@ -16,14 +16,18 @@ spread) and the tolerance is 1e-8; float32 is compared after one step (measured 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import randomize_bn
 
 import shufflenet
-from shufflenet.deploy import TrainFastModel, train_model, train_model_support
+import shufflenet.deploy
+import shufflenet.train
 from shufflenet.models.backbone import apply_backbone_options
+from shufflenet.train import TrainFastModel, train_model, train_model_support
 from shufflenet.train.schedule import param_groups
 
 MODELS = ("shufflenet_v2_x0_5", "shufflenet_v1_g3_x0_5")
@@ -31,7 +35,9 @@ STEPS = 5
 LR = 0.02
 
 
-def _model(name: str, dtype: torch.dtype = torch.float32, **kwargs: object) -> torch.nn.Module:
+def _training_model(
+    name: str, dtype: torch.dtype = torch.float32, **kwargs: object
+) -> torch.nn.Module:
     torch.manual_seed(0)
     model = randomize_bn(shufflenet.create_model(name, num_classes=10, **kwargs)).train()
     return model.to(dtype)
@@ -81,7 +87,7 @@ def _state_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float
 
 @pytest.mark.parametrize("name", MODELS)
 def test_to_standard_is_exact_before_training(name: str) -> None:
-    model = apply_backbone_options(_model(name), frozen_stages=1)  # stem and stage2 frozen
+    model = apply_backbone_options(_training_model(name), frozen_stages=1)  # stem and stage2 frozen
     model.stage3.eval()  # per-module modes and requires_grad flags come back too
     fast = train_model(model)
     back = fast.to_standard()
@@ -109,7 +115,7 @@ def test_to_standard_is_exact_before_training(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_is_the_same_function(name: str) -> None:
-    model = _model(name)
+    model = _training_model(name)
     fast = train_model(model)
     x = torch.randn(8, 3, 64, 64)
     for train in (True, False):
@@ -122,7 +128,7 @@ def test_forward_is_the_same_function(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_gradients_match(name: str) -> None:
-    model = _model(name, torch.float64)
+    model = _training_model(name, torch.float64)
     fast = train_model(model)
     x, y = _batches(torch.float64, 1)[0]
     for m in (model, fast):
@@ -145,7 +151,7 @@ def _relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 @pytest.fixture(scope="module", params=MODELS)
 def trained(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, ...]:
     """The standard and the fast form and their optimizers after STEPS float64 SGD steps."""
-    model = _model(request.param, torch.float64)
+    model = _training_model(request.param, torch.float64)
     fast = train_model(model)
     batches = _batches(torch.float64)
     return model, _train(model, batches), fast, _train(fast, batches)
@@ -170,7 +176,7 @@ def test_sgd_steps_match(trained: tuple[torch.nn.Module, ...]) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_one_sgd_step_matches_in_float32(name: str) -> None:
-    model = _model(name)
+    model = _training_model(name)
     fast = train_model(model)
     batches = _batches(torch.float32, 1)
     _train(model, batches)
@@ -183,14 +189,14 @@ def test_resume_from_a_standard_checkpoint(name: str) -> None:
     """Train the standard model, continue in the fast form from its weights and optimizer
     state (mapped in), and map back: the same as continuing the standard model."""
     batches = _batches(torch.float64, 4)
-    model = _model(name, torch.float64)
+    model = _training_model(name, torch.float64)
     opt = _train(model, batches[:2])
     weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     for x, y in batches[2:]:  # the standard run goes on
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    fresh = _model(name, torch.float64)
+    fresh = _training_model(name, torch.float64)
     fast = train_model(fresh)
     fast.load_state_dict(weights)
     fast_opt = _sgd(fast)
@@ -207,7 +213,7 @@ def test_channels_last_and_megvii_v1() -> None:
         ("shufflenet_v2_x0_5", {}),
         ("shufflenet_v1_g3_x0_5", {"layout": "megvii"}),
     ):
-        model = _model(name, **kwargs).to(memory_format=torch.channels_last)
+        model = _training_model(name, **kwargs).to(memory_format=torch.channels_last)
         fast = train_model(model)
         x = torch.randn(4, 3, 64, 64).to(memory_format=torch.channels_last)
         out = fast(x)
@@ -230,3 +236,35 @@ def test_rejects_models_it_cannot_rewrite() -> None:
     fast = train_model(shufflenet.create_model("shufflenet_v2_x0_5"))
     with pytest.raises(RuntimeError, match="size mismatch"):  # not an indexing error
         fast.load_state_dict(shufflenet.create_model("shufflenet_v2_x1_0").state_dict())
+
+
+def test_a_registered_optimizer_saves_and_loads_the_standard_layout() -> None:
+    model = _training_model("shufflenet_v2_x0_5")
+    fast = train_model(model)
+    opt = _train(fast, _batches(torch.float32, 1))
+    standard = fast.standard_optimizer_state(opt)
+    inner = {i: e["momentum_buffer"].clone() for i, e in opt.state_dict()["state"].items()}
+    fast.register_optimizer(opt)
+    fast.register_optimizer(opt)  # once is enough: mapped once, not twice
+    for state in (opt.state_dict(), fast.standard_optimizer_state(opt)):
+        for i, entry in standard["state"].items():
+            assert torch.equal(state["state"][i]["momentum_buffer"], entry["momentum_buffer"])
+    opt.load_state_dict(standard)  # mapped back into the fast layout
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, buffer in inner.items():
+        assert torch.equal(opt.state[params[i]]["momentum_buffer"], buffer)
+    with pytest.raises(ValueError, match="not this module's"):
+        fast.register_optimizer(_sgd(model))
+
+
+def test_the_old_import_path_still_names_the_training_form() -> None:
+    for name in ("TrainFastModel", "train_model", "train_model_support"):
+        assert getattr(shufflenet.deploy, name) is getattr(shufflenet.train, name)
+    from shufflenet.deploy import train_model as old  # the path README.md named
+
+    assert old is train_model
+    with pytest.raises(AttributeError, match="no_such_name"):
+        shufflenet.deploy.no_such_name  # noqa: B018
+    # the alias is lazy: the rewrite layer alone does not import the training layer
+    code = "import sys, shufflenet.deploy; sys.exit('shufflenet.train' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -35,7 +35,7 @@ def _meta(**kwargs):
         return shufflenet.create_model(NAME, **kwargs)
 
 
-def test_registry_metadata():
+def test_v2_large_registry_metadata():
     assert shufflenet.list_models("shufflenet_v2_large*") == [NAME]
     assert NAME not in shufflenet.list_models("shufflenet_v2_x*")
     info = shufflenet.get_model_info(NAME)
@@ -68,7 +68,7 @@ def test_multiply_adds_near_the_paper():
     )
 
 
-def test_structure_follows_the_release(model):
+def test_v2_large_structure_follows_the_release(model):
     assert isinstance(model, ShuffleNetV2Large)
     assert model.stem_names == ("conv1", "maxpool")
     assert model.stage_names == ("stage2", "stage3", "stage4", "stage5")

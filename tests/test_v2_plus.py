@@ -17,7 +17,7 @@ RELEASE = {
 }
 
 
-def test_registry_metadata():
+def test_v2_plus_registry_metadata():
     assert shufflenet.list_models("shufflenet_v2_plus_*") == NAMES
     for name, (params, mflops, err) in RELEASE.items():
         info = shufflenet.get_model_info(name)
@@ -40,7 +40,7 @@ def test_params_exact_and_flops_near_release(name):
     assert result.flops == pytest.approx(mflops * 1e6, rel=2e-3)
 
 
-def test_structure_follows_the_release():
+def test_v2_plus_structure_follows_the_release():
     model = shufflenet.create_model("shufflenet_v2_plus_large")
     assert isinstance(model, ShuffleNetV2Plus)
     assert not hasattr(model, "maxpool") and model.stem_names == ("conv1",)
@@ -96,7 +96,7 @@ def test_stride_one_unit_keeps_even_channels():
     assert torch.equal(unit(x)[:, :4], x[:, 0::2])
 
 
-def test_save_load_round_trip(tmp_path):
+def test_v2_plus_save_load_round_trip(tmp_path):
     model = shufflenet.create_model("shufflenet_v2_plus_small", num_classes=10).eval()
     path = tmp_path / "v2_plus.safetensors"
     shufflenet.save(model, path)

@@ -7,9 +7,9 @@
 
 from .complexity import ModelProfile, profile
 from .models import ModelInfo, ShuffleNetFeatures, create_model, get_model_info, list_models
-from .models.ops import channel_shuffle, channel_split, concat_shuffle
 from .models.v1 import ShuffleNetV1
 from .models.v2 import ShuffleNetV2
+from .ops import channel_shuffle, channel_split, concat_shuffle
 from .preprocessing import Preprocessing
 from .weights import load, read_metadata, save
 

@@ -1,14 +1,15 @@
-"""Classify image files with a weights file: our safetensors, or an exported ONNX, LiteRT
-(``.tflite``), ExecuTorch (``.pte``) or MNN (``.mnn``) file, each in its own runtime.
+"""Classify image files with a weights file: our safetensors, or an exported file in its own
+runtime (an ``.onnx`` file in ONNX Runtime, a ``.tflite`` one in LiteRT, ...: each format's
+:class:`~shufflenet.export.runtime.Runtime` in :data:`~shufflenet.export.FORMATS`).
 
 The preprocessing comes from the file's metadata (:func:`shufflenet.data.build_eval_transform`),
 so the model sees exactly what it was trained or converted for (RGB normalised for torchvision
 weights, BGR 0-255 for Megvii ones). A file that cannot be read or decoded, or is not a regular
 file (a FIFO is never opened), gives a :class:`Prediction` with an ``error`` while the others are
 still predicted, and so does an image whose outputs are not finite (damaged weights). The
-weights file's metadata (and an ONNX file's graph) is checked first
-(:func:`shufflenet.weights.validate_metadata`); ``.tflite``, ``.pte`` and ``.mnn`` files are
-opened in a child process first (:func:`shufflenet.runtimes.probe`).
+weights file's metadata (and an exported file's graph) is checked first
+(:func:`shufflenet.weights.validate_metadata`); the runtimes that could crash on a damaged file
+open it in a child process first (:func:`shufflenet.runtimes.probe`).
 
 1000-class weights without their own class names get the ImageNet-1k names bundled in
 ``shufflenet/data/imagenet_classes.txt`` (copied from torchvision's
@@ -29,6 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .export.formats import FORMATS, format_of
+from .export.runtime import OpenedModel, Runtime, first_line
 from .io import open_regular
 from .preprocessing import imagenet_classes
 
@@ -73,17 +76,11 @@ Logits = Callable[[Tensor], np.ndarray]  # a preprocessed (N, C, H, W) batch -> 
 Engine = Callable[[Path], tuple[dict[str, Any], Logits]]  # a weights file -> (metadata, logits)
 
 
-# The engine that runs an exported file, by its suffix; anything else is our weights (torch).
-FILE_ENGINES = {".onnx": "onnxruntime", ".tflite": "litert", ".pte": "executorch", ".mnn": "mnn"}
-
-
 def default_engine(path: str | os.PathLike[str]) -> str:
     """The engine for ``path``: its format's runtime for an exported file, else ``torch``."""
-    return FILE_ENGINES.get(Path(path).suffix.lower(), "torch")
-
-
-def _is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
+    format = format_of(path)
+    runtime = None if format is None else FORMATS[format].runtime
+    return "torch" if runtime is None else runtime.name
 
 
 def _torch_engine(path: Path) -> tuple[dict[str, Any], Logits]:
@@ -102,109 +99,64 @@ def _torch_engine(path: Path) -> tuple[dict[str, Any], Logits]:
     return model.weights_metadata, logits
 
 
-def _onnxruntime_engine(path: Path) -> tuple[dict[str, Any], Logits]:
-    """An ONNX file, or our weights through an in-memory export, in ONNX Runtime."""
-    from .export import onnx_bytes, read_onnx_metadata
-    from .runtimes import ort_session
-
-    if default_engine(path) not in ("torch", "onnxruntime"):
-        raise ValueError(
-            f"{path}: engine 'onnxruntime' runs .onnx files and our .safetensors weights; "
-            f"run this file with engine {default_engine(path)!r}"
-        )
-    if _is_onnx(path):
-        metadata = read_onnx_metadata(path)  # checks the graph before ONNX Runtime reads it
-        try:
-            session = ort_session(path)
-        except Exception as e:  # ONNX Runtime raises its own types for graphs it cannot load
-            raise ValueError(f"{path}: ONNX Runtime cannot load it ({_first_line(e)})") from None
-        return metadata, functools.partial(_run_session, session, path)
-    from .weights import load
-
-    model = load(path)
-    session = ort_session(onnx_bytes(model))
-    return model.weights_metadata, functools.partial(_run_session, session, path)
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _run_session(session: Any, path: Path, batch: Tensor) -> np.ndarray:
-    """``batch`` through an ONNX Runtime session of ``path``; a fixed batch axis runs it in
-    chunks of its size, the last one zero-padded."""
-    try:
-        return _run_chunks(session, batch)
-    except Exception as e:  # ONNX Runtime's own types, for a graph that loads but cannot run
-        raise ValueError(f"{path}: ONNX Runtime cannot run it ({_first_line(e)})") from None
-
-
-def _run_chunks(session: Any, batch: Tensor) -> np.ndarray:
-    inputs = session.get_inputs()[0]
-    fixed = inputs.shape[0] if isinstance(inputs.shape[0], int) else None
-    if fixed is None:
-        return session.run(None, {inputs.name: batch.numpy()})[0]
-    outs = []
-    for start in range(0, len(batch), fixed):
-        chunk = batch[start : start + fixed]
-        padded = torch.cat([chunk, chunk.new_zeros(fixed - len(chunk), *chunk.shape[1:])])
-        outs.append(session.run(None, {inputs.name: padded.numpy()})[0][: len(chunk)])
-    return np.concatenate(outs)
-
-
-def _edge_engine(engine: str) -> Engine:
-    """An engine that runs its format's exported files (``.tflite``, ``.pte``, ``.mnn``), with
-    their own metadata; the fixed batch of such a file is filled with zeros where short."""
+def _runtime_engine(format: str, runtime: Runtime) -> Engine:
+    """An engine that runs ``format``'s exported files in ``runtime``, with their own metadata
+    (and our weights through an in-memory export, where the runtime has one); a fixed batch is
+    filled with zeros where short."""
 
     def open_file(path: Path) -> tuple[dict[str, Any], Logits]:
-        from . import export
+        from .weights import load
 
-        if default_engine(path) != engine:
-            suffix = next(s for s, e in FILE_ENGINES.items() if e == engine)
+        own = default_engine(path)
+        files = " or ".join(FORMATS[format].suffixes)
+        if own == "torch" and runtime.open_model is not None:
+            opened = runtime.open_model(load(path), path)
+        elif own == runtime.name:
+            opened = runtime.open(path)
+        elif own == "torch":
             raise ValueError(
-                f"{path}: engine {engine!r} runs {suffix} files; export one with "
-                f"`shufflenet export --format {engine}`"
+                f"{path}: engine {runtime.name!r} runs {files} files; export one with "
+                f"`shufflenet export --format {format}`"
             )
-        opener = {
-            "litert": export.open_litert,
-            "executorch": export.open_executorch,
-            "mnn": export.open_mnn,
-        }[engine]
-        opened = opener(path)
-        return opened.metadata, functools.partial(_run_edge, opened)
+        else:
+            raise ValueError(
+                f"{path}: engine {runtime.name!r} runs {files} files; run this file with "
+                f"engine {own!r}"
+            )
+        return opened.metadata, functools.partial(_run, opened)
 
-    open_file.__doc__ = f"An exported file in {engine}."
+    open_file.__doc__ = f"A {format} file in {runtime.name}."
     return open_file
 
 
-def _run_edge(opened: Any, batch: Tensor) -> np.ndarray:
+def _run(opened: OpenedModel, batch: Tensor) -> np.ndarray:
     try:
-        return np.asarray(opened(batch))
+        return opened(batch)
     except ValueError:
         raise
     except Exception as e:  # a runtime's own types, for a graph that loads but cannot run
         raise ValueError(
-            f"{opened.path}: {opened.engine} cannot run it ({_first_line(e)})"
+            f"{opened.path}: {opened.engine} cannot run it ({first_line(e)})"
         ) from None
 
 
+def _engines() -> dict[str, Engine]:
+    engines: dict[str, Engine] = {"torch": _torch_engine}
+    for format, spec in FORMATS.items():
+        if spec.runtime is not None:
+            engines[spec.runtime.name] = _runtime_engine(format, spec.runtime)
+    return engines
+
+
 # Engine name -> how it opens a weights file; ``predict --engine`` offers these.
-ENGINES: dict[str, Engine] = {
-    "torch": _torch_engine,
-    "onnxruntime": _onnxruntime_engine,
-    "litert": _edge_engine("litert"),
-    "executorch": _edge_engine("executorch"),
-    "mnn": _edge_engine("mnn"),
-}
+ENGINES: dict[str, Engine] = _engines()
 
 
 class Predictor:
     """A weights file ready to classify images with ``engine`` (default: the file's own).
 
-    ``.onnx`` files run in ONNX Runtime, ``.tflite`` in LiteRT, ``.pte`` in ExecuTorch and
-    ``.mnn`` in MNN; our safetensors files in PyTorch, or in ONNX Runtime through an in-memory
-    export (see :data:`ENGINES`).
+    An exported file runs in its format's runtime; our safetensors files in PyTorch, or in a
+    runtime through an in-memory export (ONNX Runtime; see :data:`ENGINES`).
     """
 
     def __init__(self, weights: str | os.PathLike[str], engine: str | None = None) -> None:

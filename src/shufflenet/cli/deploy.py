@@ -45,7 +45,7 @@ def _print_int8(int8: dict[str, Any]) -> None:
         f"{int8['int8_ms']:.2f} ms"
     )
     kinds = ", ".join(f"{k} {v:.1f}" for k, v in int8["sqnr_db_by_kind"].items())
-    if kinds:  # ONNX's int8 only
+    if kinds:  # where the format reports each activation's error
         print(f"int8 grid SQNR of the activations, median by producer (dB): {kinds}")
 
 
@@ -54,13 +54,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..models import create_model
     from ..weights import load
 
-    int8_formats = "|".join(name for name, spec in FORMATS.items() if spec.int8)
-    if args.int8 and (not FORMATS[args.format].int8 or not args.calib):
-        raise ValueError(f"--int8 needs --format {int8_formats} and --calib digits|FOLDER")
+    if args.int8 and not args.calib:
+        raise ValueError("--int8 needs --calib digits|FOLDER")
     if args.int8_weights != "auto" and not args.int8:
         raise ValueError("--int8-weights goes with --int8")
-    if args.int8_weights != "auto" and args.format != "onnx":
-        raise ValueError("--int8-weights goes with --format onnx")
     if args.int8_min_agreement is not None and not args.int8:
         raise ValueError("--int8-min-agreement goes with --int8")
     if args.weights and (args.layout or args.num_classes is not None):
@@ -166,10 +163,27 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_help() -> str:
+    """Each format's file names: its suffixes, and the files an export adds beside it."""
+    names = []
+    for name, spec in FORMATS.items():
+        beside = [p.name for p in spec.files(Path(f"FILE{spec.suffixes[0]}"))[1:]]
+        names.append(
+            f"{name}: {' or '.join(spec.suffixes)}"
+            + (f" (+ {', '.join(beside)})" if beside else "")
+        )
+    return "; ".join(names)
+
+
 def add_parsers(sub: Any) -> None:
+    int8_formats = ", ".join(name for name, spec in FORMATS.items() if spec.int8)
+    fixed = ", ".join(
+        name for name, spec in FORMATS.items() if spec.runtime and spec.runtime.fixed_batch
+    )
+    runtimes = [spec for spec in FORMATS.values() if spec.runtime is not None]
     p = sub.add_parser(
         "export",
-        help="export to ONNX/TorchScript/ncnn/LiteRT/ExecuTorch/MNN, verified; int8",
+        help=f"export to {'/'.join(FORMATS)}, verified; int8",
         description="Export a model and run the file next to PyTorch on sample inputs; exit 1 "
         "with the numbers if they differ by more than 1e-4 (relative to outputs above 1).",
     )
@@ -194,7 +208,7 @@ def add_parsers(sub: Any) -> None:
         "--batch",
         type=batch_arg,
         default=None,
-        help="'dynamic' (default) or a fixed size; litert, executorch, mnn: fixed, default 1",
+        help=f"'dynamic' (default) or a fixed size; {fixed}: fixed, default 1",
     )
     p.add_argument("--input-size", type=input_size_arg, help="default: from the metadata")
     p.add_argument(
@@ -205,7 +219,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also write FILE.int8.EXT (onnx, litert, executorch, mnn) and compare it with fp32",
+        help=f"also write FILE.int8.EXT ({int8_formats}) and compare it with fp32",
     )
     p.add_argument("--calib", help="with --int8: 'digits' or an image folder")
     p.add_argument(
@@ -220,16 +234,13 @@ def add_parsers(sub: Any) -> None:
         type=_fraction_arg,
         metavar="FRACTION",
         help="with --int8: the least top-1 agreement of int8 with fp32, a fraction 0..1; below "
-        f"it, exit 1, the files kept (default {DEFAULT_INT8_MIN_AGREEMENT}: digits models agree "
-        "99.7%% in ONNX, ~99%% in LiteRT and ExecuTorch, ~89%% in MNN; a file that changes one "
-        "class in five is no longer the same classifier)",
+        f"it, exit 1, the files kept (default {DEFAULT_INT8_MIN_AGREEMENT}: a file that changes "
+        "one class in five is no longer the same classifier; the README lists each format's)",
     )
     p.add_argument(
         "--out",
         required=True,
-        help="output file, named for its format: "
-        + "; ".join(f"{name}: {' or '.join(spec.suffixes)}" for name, spec in FORMATS.items())
-        + " (ncnn adds FILE.bin and FILE.json, mnn FILE.json)",
+        help=f"output file, named for its format: {_out_help()}",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_export)
@@ -239,14 +250,21 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--weights",
         required=True,
-        help="a .safetensors file, or an exported .onnx, .tflite, .pte or .mnn file",
+        help="a .safetensors file, or an exported "
+        + ", ".join(" or ".join(spec.suffixes) for spec in runtimes)
+        + " file",
     )
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument(
         "--engine",
         choices=tuple(ENGINES),
-        help="default: the file's own (onnxruntime for .onnx, litert for .tflite, executorch "
-        "for .pte, mnn for .mnn), torch for weights",
+        help="default: the file's own ("
+        + ", ".join(
+            f"{spec.runtime.name} for {' or '.join(spec.suffixes)}"
+            for spec in runtimes
+            if spec.runtime
+        )
+        + "), torch for weights",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)

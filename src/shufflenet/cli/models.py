@@ -90,9 +90,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             name,
             c["layers"],
             f"{c['flops'] / 1e6:.2f}",
-            f"{100 * c['flops'] / max(stats.flops, 1):.1f}%",
+            _share(c["flops"], max(stats.flops, 1)),
             f"{c['mac'] / 1e6:.3f}",
-            f"{100 * c['mac'] / max(stats.mac, 1):.1f}%",
+            _share(c["mac"], max(stats.mac, 1)),
         )
         for name, c in sorted(cats.items(), key=lambda kv: -kv[1]["mac"])
     ]
@@ -104,6 +104,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         f"({stats.mac_bytes / 2**20:.1f} MiB)"
     )
     return 0
+
+
+def _share(part: float, whole: float) -> str:
+    """``part`` as a percentage of ``whole``, with one decimal."""
+    return f"{100 * part / whole:.1f}%"
 
 
 def _profile_timing(args: argparse.Namespace) -> int:
@@ -130,7 +135,7 @@ def _profile_timing(args: argparse.Namespace) -> int:
             layer.name,
             layer.category,
             f"{layer.time_ms:.4f}",
-            f"{100 * layer.time_ms / total:.1f}%",
+            _share(layer.time_ms, total),
             f"{layer.flops / 1e6:.3f}",
             f"{layer.mac / 1e3:.1f}",
         )
@@ -146,9 +151,9 @@ def _profile_timing(args: argparse.Namespace) -> int:
             name,
             int(c["layers"]),
             f"{c['time_ms']:.3f}",
-            f"{100 * c['time_ms'] / total:.1f}%",
-            f"{100 * c['flops'] / flops:.1f}%",
-            f"{100 * c['mac'] / mac:.1f}%",
+            _share(c["time_ms"], total),
+            _share(c["flops"], flops),
+            _share(c["mac"], mac),
         )
         for name, c in sorted(cats.items(), key=lambda kv: -kv[1]["time_ms"])
     ]

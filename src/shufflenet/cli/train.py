@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import print_json, print_table
+
+if TYPE_CHECKING:
+    from ..train import StepProgress
 
 __all__ = ["add_parsers"]
 
@@ -31,7 +36,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         config = TrainConfig(**given)
-    result = fit(config, log=print)
+    bar = _EpochBar()
+    try:
+        result = fit(config, log=print, progress=bar if sys.stderr.isatty() else None)
+    finally:
+        bar.close()
     if not result.is_main:
         return 0
     final, mins = result.final, divmod(round(result.seconds), 60)
@@ -46,6 +55,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"  checkpoint: {result.checkpoint_path}")
     print(f"evaluate with: shufflenet eval --weights {result.model_path}")
     return 0
+
+
+class _EpochBar:
+    """A tqdm bar per epoch on standard error (loss, lr, images/s), drawn from the
+    :class:`~shufflenet.train.StepProgress` that ``fit`` reports."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, where: StepProgress) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(
+                total=where.steps,
+                desc=f"epoch {where.epoch}/{where.epochs}",
+                unit="batch",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        self._bar.update(where.step - self._bar.n)
+        if where.loss is not None:
+            stats = {"loss": f"{where.loss:.4f}", "lr": f"{where.lr:.4g}"}
+            self._bar.set_postfix({**stats, "img/s": f"{where.images_per_s:.0f}"}, refresh=False)
+        if where.step == where.steps:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _TableKeys:
+    """The keys of a table of :mod:`shufflenet.train.schedule` (``OPTIMIZERS``,
+    ``SCHEDULES``) as argparse ``choices``, read when a ``train`` command or its help needs
+    them: importing the training package at parser construction would slow every command."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def _keys(self) -> list[str]:
+        from ..train import schedule
+
+        return list(getattr(schedule, self.table))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys()
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -85,7 +145,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("model", help="model name (see `shufflenet models`)")
     # Options left out are absent from the namespace, so TrainConfig (or, with --resume, the
     # run being continued) decides. The defaults quoted here are TrainConfig's; a test checks
-    # them (importing it here would load torch for every --help).
+    # them (importing the training package here would slow every command, hence _TableKeys).
     opt = functools.partial(p.add_argument, default=argparse.SUPPRESS)
     flag = functools.partial(opt, action="store_true")
     opt("--data", help="'digits' (embedded, default) or a folder with train/ and val/ inside")
@@ -96,10 +156,21 @@ def add_parsers(sub: Any) -> None:
     )
     opt("--batch-size", type=int, help="global batch over all processes (default 32)")
     opt("--lr", type=float, help="peak learning rate (default 0.5 x batch/1024, as the paper)")
+    opt(
+        "--optimizer",
+        choices=_TableKeys("OPTIMIZERS"),
+        metavar="NAME",
+        help="%(choices)s (default sgd, with momentum)",
+    )
     opt("--momentum", type=float, help="default 0.9")
     opt("--weight-decay", type=float, help="conv/linear weights only (default 4e-05)")
     opt("--label-smoothing", type=float, help="default 0.1")
-    opt("--schedule", choices=("linear", "cosine"), help="decay to 0 (default linear)")
+    opt(
+        "--schedule",
+        choices=_TableKeys("SCHEDULES"),
+        metavar="NAME",
+        help="%(choices)s: decay to 0 (default linear)",
+    )
     opt("--warmup-epochs", type=float, help="at most a fifth of the run (default 1.0)")
     opt("--image-size", type=int, help="default 64 for digits, 224 for folders")
     opt(
@@ -137,7 +208,12 @@ def add_parsers(sub: Any) -> None:
         help="train V1/V2 in their shuffle-free form (same network and weights, fewer copies)",
     )
     flag("--compile", help="torch.compile the training step (forward, loss and backward)")
-    opt("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    opt(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (drawn only when standard error is a terminal)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1, top-5, loss and per-class accuracy of a weights file")

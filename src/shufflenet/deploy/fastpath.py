@@ -60,6 +60,7 @@ __all__ = [
     "fast_model",
     "fastpath_support",
     "onnxruntime_layout",
+    "stage_routes",
 ]
 
 
@@ -137,7 +138,7 @@ def fastpath_support(model: nn.Module) -> str | None:
     }
     if other:
         return f"layers the fast path does not rewrite: {', '.join(sorted(other))}"
-    if any(isinstance(m, InvertedResidual) and len(m.branch2) != 8 for m in model.modules()):
+    if any(isinstance(m, InvertedResidual) and not m.shuffle_free_form for m in model.modules()):
         return "units with a squeeze-excitation layer"
     return None
 
@@ -161,8 +162,10 @@ Label = tuple[int, int]  # (producer, channel); producers 0/1: stride-2 branch1/
 Chunk = tuple[int, list[Label | None]]  # a slot and the label of each channel (None: padding)
 
 
-def _stage_routes(half: int, units: int) -> tuple[list[list[Label]], list[Label]]:
-    """What each stride-1 unit's right half reads, and the stage output, in logical order."""
+def stage_routes(half: int, units: int) -> tuple[list[list[Label]], list[Label]]:
+    """A V2 stage of ``units`` units, ``half`` channels per producer (:data:`Label`): the labels
+    each stride-1 unit's right half reads (unit ``k``: ``reads[k - 1]``) and the stage output's,
+    in logical order, each read once; both shuffle-free forms (here, ``train.fast``) use it."""
     y = [label for i in range(half) for label in ((0, i), (1, i))]
     reads = []
     for k in range(1, units):
@@ -380,7 +383,7 @@ class _Planner:
         first = units[0]
         assert isinstance(first, InvertedResidual)
         width = self.branch_width(units)
-        reads, output = _stage_routes(_conv_params(first.branch2[5])[0].shape[0], len(units))
+        reads, output = stage_routes(_conv_params(first.branch2[5])[0].shape[0], len(units))
         end = len(units)
         consumer_of = {lab: k + 1 for k, right in enumerate(reads) for lab in right}
         consumer_of.update({lab: end for lab in output})

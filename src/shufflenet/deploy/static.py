@@ -29,10 +29,10 @@ class _Shuffle(nn.Module):
 
     With ``size`` (the spatial size this point of the network sees) it is the paper's reshape ->
     transpose -> reshape with constant shapes and a free batch axis: exported to ONNX, the form
-    every runtime recognises (OpenVINO 2026.4 was seen to miscompute a constant Gather feeding
-    a depthwise conv feeding a 1x1 conv). Without ``size`` it takes any input size: a gather by a
-    constant index in an ONNX export (one op), :func:`channel_shuffle` otherwise (it keeps the
-    channels_last memory format).
+    every runtime recognises (OpenVINO miscomputes a constant Gather feeding a depthwise conv
+    feeding a 1x1 conv: ``tests/test_export.py`` pins it). Without ``size`` it takes any input
+    size: a gather by a constant index in an ONNX export (one op), :func:`channel_shuffle`
+    otherwise (it keeps the channels_last memory format).
     """
 
     index: Tensor

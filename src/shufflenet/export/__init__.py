@@ -11,46 +11,37 @@ the outputs is reported; :class:`Verification` says whether it is within toleran
 the largest output for fp32; non-finite outputs fail).
 
 The files carry the model's metadata (:mod:`.metadata`). :data:`FORMATS` (:mod:`.formats`) maps
-each format's name to its exporter and verifier (:mod:`.onnx`, :mod:`.torchscript`,
-:mod:`.ncnn`, :mod:`.litert`, :mod:`.executorch`, :mod:`.mnn`); :func:`export_model` dispatches
-through it. int8 (:mod:`.int8`) is ONNX Runtime's post-training static quantization, calibrated
-on digits or an image folder (:mod:`.calibration`); :func:`compare_int8` measures what it costs
-and :func:`int8_layer_errors` (:mod:`.int8_errors`) where. The edge formats (LiteRT, ExecuTorch,
-MNN: :mod:`.edge`) have a fixed batch, open as an :class:`EdgeModel` (``open_litert``,
-``open_executorch``, ``open_mnn``) and quantize with PyTorch 2 export quantization.
+each format's name to its exporter, verifier, int8 and the :class:`Runtime` that runs its files
+(:mod:`.runtime`), one module each; :func:`export_model` dispatches through it. A file opened in
+its runtime is an :class:`OpenedModel`, which verification, ``predict`` and the bench share.
+ONNX's int8 (:mod:`.int8`) is ONNX Runtime's post-training static quantization, calibrated on
+digits or an image folder (:mod:`.calibration`); :func:`compare_int8` measures what it costs
+and :func:`int8_layer_errors` (:mod:`.int8_errors`) where. The edge formats (:mod:`.edge`) have
+a fixed batch and quantize with PyTorch 2 export quantization or their runtime's own tool.
 """
 
+from ..runtimes import ort_session
+from ..verification import FP32_TOLERANCE, Verification
 from .calibration import calibration_data
-from .edge import EdgeModel, verify_edge
+from .check import verify_opened
 from .executorch import export_executorch, open_executorch, verify_executorch
-from .formats import FORMATS, ExportResult, export_model, output_files
-from .int8 import (
-    INT8_WEIGHTS,
-    Int8Report,
-    Int8Result,
-    compare_int8,
-    default_int8_weights,
-    export_int8,
-    quantize_int8,
-)
+from .formats import FORMATS, RUNTIMES, ExportResult, export_model, output_files
+from .int8 import INT8_WEIGHTS, compare_int8, default_int8_weights, export_int8, quantize_int8
 from .int8_errors import LayerError, int8_layer_errors
+from .int8_report import Int8Report, Int8Result
 from .litert import export_litert, open_litert, read_tflite_metadata, verify_litert
 from .metadata import model_metadata, read_onnx_metadata, sample_inputs
 from .mnn import export_mnn, open_mnn, verify_mnn
 from .ncnn import export_ncnn, verify_ncnn
-from .onnx import (
-    DEFAULT_OPSET,
-    FP32_TOLERANCE,
-    OPSETS,
-    Verification,
-    export_onnx,
-    onnx_bytes,
-    ort_session,
-    verify_onnx,
-    verify_openvino,
-)
+from .onnx import DEFAULT_OPSET, OPSETS, export_onnx, onnx_bytes
+from .onnx_format import open_onnx, verify_onnx, verify_openvino
+from .runtime import OpenedModel, Runtime
 from .spec import ExportFormat, ExportOptions
 from .torchscript import export_torchscript, verify_torchscript
+
+# The edge formats' names for these, kept for code that uses them.
+EdgeModel = OpenedModel
+verify_edge = verify_opened
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -58,6 +49,7 @@ __all__ = [
     "FP32_TOLERANCE",
     "INT8_WEIGHTS",
     "OPSETS",
+    "RUNTIMES",
     "EdgeModel",
     "ExportFormat",
     "ExportOptions",
@@ -65,6 +57,8 @@ __all__ = [
     "Int8Report",
     "Int8Result",
     "LayerError",
+    "OpenedModel",
+    "Runtime",
     "Verification",
     "calibration_data",
     "compare_int8",
@@ -83,6 +77,7 @@ __all__ = [
     "open_executorch",
     "open_litert",
     "open_mnn",
+    "open_onnx",
     "ort_session",
     "output_files",
     "quantize_int8",
@@ -95,6 +90,7 @@ __all__ = [
     "verify_mnn",
     "verify_ncnn",
     "verify_onnx",
+    "verify_opened",
     "verify_openvino",
     "verify_torchscript",
 ]

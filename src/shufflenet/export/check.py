@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..verification import Verification, compare_outputs
+from ..verification import FP32_TOLERANCE, Verification, compare_outputs
 from .metadata import sample_inputs
+from .runtime import OpenedModel
 
-__all__ = ["compare_with_model"]
+__all__ = ["compare_with_model", "verify_opened"]
 
 
 def compare_with_model(
@@ -37,3 +38,24 @@ def compare_with_model(
             expected = model(x).numpy()
         pairs.append((np.asarray(run(x)), expected))
     return compare_outputs(engine, pairs, batch_sizes, tolerance)
+
+
+def verify_opened(
+    opened: OpenedModel,
+    model: nn.Module,
+    tolerance: float = FP32_TOLERANCE,
+    batch_sizes: Sequence[int] | None = None,
+) -> Verification:
+    """``opened`` (an export in its runtime) next to ``model`` on the same sample inputs, at
+    ``batch_sizes`` (default: the file's fixed batch, or 1 and 3)."""
+    if batch_sizes is None:
+        batch_sizes = (1, 3) if opened.batch is None else (opened.batch,)
+    return compare_with_model(
+        model,
+        opened,
+        opened.engine,
+        batch_sizes,
+        opened.metadata,
+        opened.input_size,
+        tolerance,
+    )

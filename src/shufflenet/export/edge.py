@@ -1,31 +1,29 @@
-"""What the LiteRT, ExecuTorch and MNN exports share: the graph they convert, a file opened in
-its runtime (:class:`EdgeModel`), its check against PyTorch, and int8 calibration and report.
+"""The one adapter of the edge formats (a fixed batch, a runtime of their own, the metadata in
+the file or beside it): the graph they convert, their metadata check, their verification, and
+their int8 tail (PT2E calibration, the fp32-vs-int8 comparison and the report).
 
-Each of these files has a fixed batch size (``batch`` in its metadata; 1 unless exported with
-another) and takes float32 images in the layout its metadata's ``input_layout`` names: NHWC for
-LiteRT, NCHW for ExecuTorch and MNN. :class:`EdgeModel` runs it on NCHW tensors, converting and
-splitting them into batches of that size, so that verification, ``predict`` and ``bench`` run
-the same code.
+A format module states its :class:`~shufflenet.export.runtime.Runtime` and how it writes its
+files; :func:`edge_format` makes its :class:`~shufflenet.export.ExportFormat`,
+:func:`edge_verifier` its ``verify_NAME`` and, for a format that converts the graph to bytes,
+:func:`graph_export` and :func:`graph_int8` its export and int8 writers and
+:func:`bytes_converter` its runtime's ``convert``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..deploy.fastpath import FastPathOptions, fast_model, fastpath_support
-from ..io import read_regular
+from ..deploy.fastpath import FastPathOptions
+from ..io import write_bytes
 from ..limits import MAX_BATCH_ELEMENTS
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
@@ -33,35 +31,32 @@ from ..timer import TimedRun, measure
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
 from .calibration import image_batches, model_calibration_data
-from .check import compare_with_model
-from .int8 import Int8Report, Int8Result
+from .check import verify_opened
+from .int8_report import Int8Report, Int8Result
 from .metadata import model_metadata, sample_inputs
-from .onnx import plain_graph
+from .runtime import LAYOUTS, Converter, OpenedModel, Runtime
 from .spec import ExportFormat, ExportOptions
 
 __all__ = [
     "EDGE_LAYOUT",
-    "MAX_MODEL_BYTES",
     "EdgeGraph",
-    "EdgeModel",
-    "EdgeOpener",
     "EdgeQuantize",
+    "bytes_converter",
     "check_edge_metadata",
     "compare_edge_int8",
     "edge_format",
     "edge_graph",
     "edge_int8_path",
-    "private_copy",
+    "edge_verifier",
+    "graph_export",
+    "graph_int8",
     "pt2e_calibrated",
-    "read_model_file",
-    "verify_edge",
 ]
 
-# The shuffle-free layout the edge exports use: no padding (XNNPACK and MNN block channels
-# their own way), and one conv per chunk rather than a conv and a split: ExecuTorch's XNNPACK
-# partitioner leaves channel splits out of the delegate, cutting the graph into many pieces.
+# The shuffle-free layout the XNNPACK formats use: no padding (XNNPACK blocks channels its own
+# way), and one conv per chunk rather than a conv and a split: ExecuTorch's XNNPACK partitioner
+# leaves channel splits out of the delegate, cutting the graph into many pieces.
 EDGE_LAYOUT = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, split=False)
-LAYOUTS = ("NCHW", "NHWC")
 
 
 @dataclass
@@ -74,31 +69,20 @@ class EdgeGraph:
     metadata: dict[str, Any]
 
 
-def edge_graph(
-    model: ShuffleNetBase,
-    options: ExportOptions,
-    input_layout: str = "NCHW",
-    layout: FastPathOptions = EDGE_LAYOUT,
-) -> EdgeGraph:
-    """What an edge export converts: the shuffle-free graph (:func:`fast_model` with
-    ``layout``) unless ``options.fastpath`` is None or the model has none, then the plain
-    BatchNorm-folded one. The metadata says which (``graph``), and records ``batch`` (the
-    fixed batch size: ``options.batch``, 1 for a dynamic one) and ``input_layout``."""
-    if input_layout not in LAYOUTS:
-        raise ValueError(f"input_layout must be NCHW or NHWC, got {input_layout!r}")
+def edge_graph(model: ShuffleNetBase, options: ExportOptions, runtime: Runtime) -> EdgeGraph:
+    """What an edge export for ``runtime`` converts (:meth:`Runtime.graph
+    <shufflenet.export.runtime.Runtime.graph>`): the shuffle-free graph in its layout unless
+    ``options.fastpath`` is None or the model has none, then the plain BatchNorm-folded one,
+    each rewritten for its kernels. The metadata says which (``graph``), and records ``batch``
+    (the fixed batch size: ``options.batch``, 1 for a dynamic one) and ``input_layout``."""
     model = model.eval()
     metadata = model_metadata(model, options.input_size)
     batch = options.batch or 1
     x = sample_inputs(batch, model.in_chans, metadata["preprocessing"])
-    reason = "not requested" if options.fastpath is None else fastpath_support(model)
-    if reason is None:
-        module = fast_model(model, layout)
-        metadata["graph"] = f"shuffle-free (shufflenet.deploy.fastpath, {layout})"
-    else:
-        module = plain_graph(model, (x.shape[2], x.shape[3]))
-        metadata["graph"] = f"plain BN-folded (no fast path: {reason})"
+    layout = None if options.fastpath is None else runtime.layout
+    module, metadata["graph"] = runtime.graph(model, x, layout)
     metadata["batch"] = batch
-    metadata["input_layout"] = input_layout
+    metadata["input_layout"] = runtime.input_layout
     return EdgeGraph(module.eval(), x, metadata)
 
 
@@ -106,29 +90,6 @@ def edge_int8_path(path: str | os.PathLike[str]) -> Path:
     """Where an edge format's int8 file of ``path`` goes: ``FILE.int8.EXT`` beside ``FILE.EXT``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.int8{path.suffix}")
-
-
-# The largest exported file a runtime is given (V2.Large's fp32 files are about 500 MB).
-MAX_MODEL_BYTES = 1 << 31
-
-
-def read_model_file(path: str | os.PathLike[str], runtime: str) -> bytes:
-    """The bytes of an exported file: a regular file (:func:`~shufflenet.io.open_regular`: a
-    FIFO never blocks) of at most :data:`MAX_MODEL_BYTES`; ``FileNotFoundError`` if missing."""
-    try:
-        return read_regular(path, MAX_MODEL_BYTES)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such {runtime} file: {path}") from None
-
-
-@contextlib.contextmanager
-def private_copy(data: bytes, suffix: str) -> Iterator[Path]:
-    """``data`` as a file in a folder of this process's own, removed afterwards: what a runtime
-    that opens files by name loads, so that it reads exactly the bytes that were checked."""
-    with tempfile.TemporaryDirectory(prefix="shufflenet-open-") as folder:
-        path = Path(folder, f"model{suffix}")
-        path.write_bytes(data)
-        yield path
 
 
 def check_edge_metadata(
@@ -168,102 +129,89 @@ def check_edge_metadata(
     return metadata
 
 
-@dataclass
-class EdgeModel:
-    """An exported file opened in its runtime.
-
-    ``run`` takes one batch as the file does (``batch`` images, float32, ``input_layout``) and
-    returns the float32 outputs; :meth:`inputs` converts NCHW images to that, and calling the
-    model runs NCHW images of any number (zero-padded to whole batches).
-    """
-
-    engine: str  # "litert", "executorch", "mnn"
-    path: Path
-    metadata: dict[str, Any]
-    run: Callable[[np.ndarray], np.ndarray]
-    # The runtime's objects that ``run`` needs alive (an ExecuTorch method does not keep its
-    # program, whose memory it runs from: freeing it crashes the process).
-    runtime: Any = None
-
-    @property
-    def batch(self) -> int:
-        return int(self.metadata["batch"])
-
-    @property
-    def input_layout(self) -> str:
-        return str(self.metadata["input_layout"])
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return check_input_size(self.metadata["preprocessing"]["input_size"])
-
-    def inputs(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """NCHW images as the file takes them: float32, C-contiguous, in its layout."""
-        array = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
-        if self.input_layout == "NHWC":
-            array = array.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-    def __call__(self, x: Tensor | np.ndarray) -> np.ndarray:
-        """Outputs for NCHW images ``x``, run in chunks of :attr:`batch` (the last padded)."""
-        array = self.inputs(x)
-        outs = []
-        for start in range(0, len(array), self.batch):
-            chunk = array[start : start + self.batch]
-            pad = self.batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(np.asarray(self.run(chunk), dtype=np.float32)[: len(chunk) - pad])
-        if not outs:
-            raise ValueError("no images to run")
-        return np.concatenate(outs)
-
-
-def verify_edge(
-    opened: EdgeModel, model: ShuffleNetBase, tolerance: float = FP32_TOLERANCE
-) -> Verification:
-    """``opened`` next to ``model`` on the same sample inputs, at the file's batch size."""
-    return compare_with_model(
-        model,
-        opened,
-        opened.engine,
-        (opened.batch,),
-        opened.metadata,
-        opened.input_size,
-        tolerance,
-    )
-
-
-class EdgeOpener(Protocol):
-    """Opens an exported file in its runtime: ``(path, threads, first_in_child=...)``."""
-
-    def __call__(
-        self,
-        path: str | os.PathLike[str],
-        threads: int | None = None,
-        *,
-        first_in_child: bool = ...,
-    ) -> EdgeModel: ...
-
-
+# -- the adapter ---------------------------------------------------------------------------------
 # Writes a format's int8 file: (model, fp32 file, int8 file, options, calibration images); returns
 # the ``quantization`` record the file's metadata carries.
 EdgeQuantize = Callable[[ShuffleNetBase, Path, Path, ExportOptions, Tensor], dict[str, Any]]
+Verifier = Callable[..., Verification]
+
+
+def edge_verifier(runtime: Runtime) -> Verifier:
+    """``verify(path, model, tolerance=FP32_TOLERANCE)``: ``path`` opened in ``runtime`` next
+    to ``model`` at the file's batch size."""
+
+    def verify(
+        path: str | os.PathLike[str], model: ShuffleNetBase, tolerance: float = FP32_TOLERANCE
+    ) -> Verification:
+        return verify_opened(runtime.open(path), model, tolerance)
+
+    verify.__doc__ = f"Run ``path`` in {runtime.name} next to ``model`` at the file's batch size."
+    return verify
+
+
+def bytes_converter(to_bytes: Callable[[nn.Module, Tensor], bytes], name: str) -> Converter:
+    """A runtime's ``convert`` for a converter that returns the file's bytes: ``to_bytes(module,
+    example)`` written to ``folder / name``."""
+
+    def convert(module: nn.Module, example: Tensor, folder: Path) -> Path:
+        path = folder / name
+        path.write_bytes(to_bytes(module, example))
+        return path
+
+    return convert
+
+
+def graph_export(
+    runtime: Runtime, to_bytes: Callable[[nn.Module, Tensor, dict[str, Any]], bytes]
+) -> Callable[[ShuffleNetBase, str | os.PathLike[str], ExportOptions], Path]:
+    """``export(model, path, options)``: ``to_bytes(module, example, metadata)`` of
+    :func:`edge_graph` for ``runtime``, written to ``path``."""
+
+    def export(model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions) -> Path:
+        graph = edge_graph(model, options, runtime)
+        return write_bytes(path, to_bytes(graph.module, graph.example, graph.metadata))
+
+    export.__doc__ = (
+        f"Convert ``model`` to a {runtime.name} file at ``path``: :func:`edge_graph` (the "
+        "shuffle-free graph, or the plain one where ``options.fastpath`` is None or the model "
+        "has none), ``options.batch`` fixed (1 if None), fp32 weights."
+    )
+    return export
+
+
+def graph_int8(
+    runtime: Runtime,
+    to_int8_bytes: Callable[[nn.Module, Tensor, Tensor, dict[str, Any]], bytes],
+    method: dict[str, str],
+) -> EdgeQuantize:
+    """An :data:`EdgeQuantize` that writes ``to_int8_bytes(module, example, calibration,
+    metadata)`` of the graph :func:`graph_export` converts, its metadata's ``quantization``
+    being ``method`` and the number of calibration images."""
+
+    def write_int8(
+        model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calib: Tensor
+    ) -> dict[str, Any]:
+        graph = edge_graph(model, options, runtime)
+        graph.metadata["quantization"] = {**method, "calibration_images": len(calib)}
+        write_bytes(target, to_int8_bytes(graph.module, graph.example, calib, graph.metadata))
+        return graph.metadata["quantization"]
+
+    return write_int8
 
 
 def edge_format(
     description: str,
+    runtime: Runtime,
     export: Callable[[ShuffleNetBase, Path, ExportOptions], Path | list[Path]],
-    opener: EdgeOpener,
     *,
     files: Callable[[Path], list[Path]] = lambda path: [path],
     quantize: EdgeQuantize | None = None,
     suffixes: tuple[str, ...] = (),
 ) -> ExportFormat:
     """The :class:`~shufflenet.export.ExportFormat` of an edge format: ``export`` writes the
-    files of one path (``files`` lists them; the path ends in one of ``suffixes``),
-    ``opener(path, threads)`` opens one in its runtime for :func:`verify_edge`; ``quantize``,
-    if any, writes the int8 ``FILE.int8.EXT``, which is then compared with the fp32 file on the
+    files of one path (``files`` lists them; the path ends in one of ``suffixes``), which
+    ``runtime`` opens for :func:`~shufflenet.export.check.verify_opened`; ``quantize``, if
+    any, writes the int8 ``FILE.int8.EXT``, which is then compared with the fp32 file on the
     calibration set's evaluation images (:func:`compare_edge_int8`)."""
 
     def write(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
@@ -271,21 +219,21 @@ def edge_format(
         return written if isinstance(written, list) else [written]
 
     def verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
-        return [verify_edge(opener(path, None, first_in_child=False), model)]
+        return [verify_opened(runtime.open(path, None, first_in_child=False), model)]
 
     return ExportFormat(
         description,
         write,
         verify,
-        int8=quantize is not None,
         files=files,
-        quantize=None if quantize is None else _int8_writer(quantize, opener),
+        quantize=None if quantize is None else _int8_writer(quantize, runtime),
         int8_files=lambda path: files(edge_int8_path(path)),
         suffixes=suffixes,
+        runtime=runtime,
     )
 
 
-def _int8_writer(quantize: EdgeQuantize, opener: EdgeOpener) -> Callable[..., Int8Result]:
+def _int8_writer(quantize: EdgeQuantize, runtime: Runtime) -> Callable[..., Int8Result]:
     """An :class:`~shufflenet.export.ExportFormat`'s ``quantize``: ``quantize`` writes the int8
     file, which is then compared with the fp32 one on ``calib``'s evaluation images, labelled
     in the model's class order."""
@@ -302,7 +250,7 @@ def _int8_writer(quantize: EdgeQuantize, opener: EdgeOpener) -> Callable[..., In
         calibration, images, labels = data
         target = edge_int8_path(path)
         record = quantize(model, path, target, options, calibration)
-        fp32, int8 = (opener(file, 1, first_in_child=False) for file in (path, target))
+        fp32, int8 = (runtime.open(file, 1, first_in_child=False) for file in (path, target))
         report = compare_edge_int8(fp32, int8, images, labels)
         return Int8Result(target, calib, record["weights"], report, [])
 
@@ -352,8 +300,8 @@ def _capture(graph: EdgeGraph, calibration: Tensor) -> tuple[Any, int]:
 
 
 def compare_edge_int8(
-    fp32: EdgeModel,
-    int8: EdgeModel,
+    fp32: OpenedModel,
+    int8: OpenedModel,
     images: Tensor,
     labels: Tensor | None = None,
     *,
@@ -363,9 +311,10 @@ def compare_edge_int8(
     one batch (the median of ``runs``, the two timed in alternating rounds), as
     :func:`~shufflenet.export.compare_int8` reports ONNX files."""
     preds = [opened(images).argmax(1) for opened in (fp32, int8)]
-    feed = [opened.inputs(images[: opened.batch]) for opened in (fp32, int8)]
-    if any(len(f) < opened.batch for f, opened in zip(feed, (fp32, int8), strict=True)):
-        raise ValueError(f"{len(images)} images make no batch of {fp32.batch}")
+    batch = fp32.batch or 1
+    feed = [opened.inputs(images[:batch]) for opened in (fp32, int8)]
+    if any(len(f) < batch for f in feed):
+        raise ValueError(f"{len(images)} images make no batch of {batch}")
     runners = {
         i: TimedRun(functools.partial(opened.run, f))
         for i, (opened, f) in enumerate(zip((fp32, int8), feed, strict=True))

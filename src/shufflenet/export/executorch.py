@@ -1,5 +1,6 @@
-"""ExecuTorch export: a ``.pte`` program lowered to the XNNPACK delegate from the shuffle-free
-graph, verified in ExecuTorch's runtime; int8 by the PT2E XNNPACK quantizer.
+"""ExecuTorch: a ``.pte`` program lowered to the XNNPACK delegate from the shuffle-free graph,
+run in ExecuTorch's runtime (:data:`EXECUTORCH_RUNTIME`, the one place that imports it); int8 by
+the PT2E XNNPACK quantizer.
 
 The program's ``forward`` takes NCHW float32 images at a fixed batch (ExecuTorch's Android and
 iOS image helpers make NCHW tensors); its method ``shufflenet_metadata`` returns the model's
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +21,55 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import write_bytes
 from ..limits import MAX_BATCH_ELEMENTS
-from ..models.base import ShuffleNetBase
-from ..runtimes import executorch_program, probe, require, stdout_to_stderr
-from ..verification import FP32_TOLERANCE, Verification
+from ..runtimes import Extra, probe, require, stdout_to_stderr
 from ..weights import printable
 from .edge import (
+    EDGE_LAYOUT,
     EdgeGraph,
-    EdgeModel,
+    bytes_converter,
     check_edge_metadata,
     edge_format,
-    edge_graph,
-    private_copy,
+    edge_verifier,
+    graph_export,
+    graph_int8,
     pt2e_calibrated,
-    read_model_file,
-    verify_edge,
 )
-from .spec import ExportOptions
+from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
 from .xnnpack import xnnpack_graph
 
 __all__ = [
     "EXECUTORCH",
+    "EXECUTORCH_EXTRA",
     "EXECUTORCH_INT8",
+    "EXECUTORCH_RUNTIME",
     "PTE_METADATA",
     "delegated_fraction",
     "export_executorch",
+    "load_executorch",
     "open_executorch",
     "read_pte_metadata",
     "to_pte",
     "to_pte_int8",
     "verify_executorch",
-    "write_executorch_int8",
 ]
 
+EXECUTORCH_EXTRA = Extra("executorch", "executorch", "executorch.runtime", "executorch")
 PTE_METADATA = "shufflenet_metadata"  # the constant method that returns the metadata JSON
+# Loads argv[1], compiles and runs every method once on zeros; exit 3 if an input holds more
+# than argv[2] values (:func:`~shufflenet.runtimes.probe`).
+PROBE = """
+import math, sys, torch
+from executorch.runtime import Runtime
+program = Runtime.get().load_program(sys.argv[1])
+for name in program.method_names:
+    method = program.load_method(name)
+    meta = method.metadata
+    shapes = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+    if any(math.prod(s) > int(sys.argv[2]) for s in shapes):
+        sys.exit(3)
+    method.execute([torch.zeros(s) for s in shapes])
+"""
 
 
 def to_pte(module: Any, example: Tensor, metadata: dict[str, Any] | None = None) -> bytes:
@@ -61,9 +77,9 @@ def to_pte(module: Any, example: Tensor, metadata: dict[str, Any] | None = None)
     ``.pte`` bytes; ``metadata``, if given, returned by a ``shufflenet_metadata`` method. Warns
     when XNNPACK does not take every operator. For converting any model the same way, as
     ``bench --compare`` does for torchvision's (see :mod:`.xnnpack` for our graphs' rewrites)."""
-    exir = require("executorch", "ExecuTorch export", "executorch.exir")
+    exir = require(EXECUTORCH_EXTRA, "ExecuTorch export", "executorch.exir")
     partitioner = require(
-        "executorch",
+        EXECUTORCH_EXTRA,
         "ExecuTorch export",
         "executorch.backends.xnnpack.partition.xnnpack_partitioner",
     )
@@ -94,24 +110,6 @@ def delegated_fraction(graph_module: Any) -> float:
     return 1.0 if delegated + outside == 0 else delegated / (delegated + outside)
 
 
-def export_executorch(
-    model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions
-) -> Path:
-    """Lower ``model`` to a ``.pte`` program at ``path``: ``torch.export`` of the shuffle-free
-    graph (the plain one where ``options.fastpath`` is None or the model has none; see
-    :func:`~shufflenet.export.edge.edge_graph`), ``to_edge_transform_and_lower`` with the
-    XNNPACK partitioner, NCHW input, ``options.batch`` fixed (1 if None), fp32."""
-    graph = _graph(model, options)
-    return write_bytes(path, to_pte(graph.module, graph.example, graph.metadata))
-
-
-def _graph(model: ShuffleNetBase, options: ExportOptions) -> EdgeGraph:
-    """The edge graph with the rewrites that keep it whole in XNNPACK (:mod:`.xnnpack`)."""
-    graph = edge_graph(model, options, "NCHW")
-    graph.module = xnnpack_graph(graph.module, graph.example)
-    return graph
-
-
 def read_pte_metadata(program: Any, label: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata a loaded ``.pte`` ``program`` returns from ``shufflenet_metadata``."""
     if PTE_METADATA not in program.method_names:
@@ -123,64 +121,97 @@ def read_pte_metadata(program: Any, label: str | os.PathLike[str]) -> dict[str, 
         (text,) = program.load_method(PTE_METADATA).execute([])
         return dict(json.loads(text))
     except Exception as e:  # the runtime's errors, not one JSON object, RecursionError
-        reason = printable(_first_line(e))[:200]
+        reason = printable(first_line(e))[:200]
         raise ValueError(f"{label}: its shufflenet metadata is unreadable ({reason})") from None
 
 
-def open_executorch(
-    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
-) -> EdgeModel:
-    """A ``.pte`` export in ExecuTorch's runtime, its metadata checked against ``forward``;
-    ``threads`` sets the process's ExecuTorch thread pool (see
-    :func:`~shufflenet.runtimes.executorch_program`).
+def _program(data: bytes, path: str | os.PathLike[str], threads: int | None) -> Any:
+    """``.pte`` bytes loaded by ExecuTorch's runtime (``Program``: methods ``forward`` and, for
+    our files, ``shufflenet_metadata``), XNNPACK delegate included. ``threads`` resizes
+    ExecuTorch's one thread pool (XNNPACK's threads), for the whole process; ``None`` keeps it
+    (ExecuTorch's default: one thread per core)."""
+    runtime = require(EXECUTORCH_EXTRA, "running a .pte file")
+    try:
+        with stdout_to_stderr():
+            if threads:  # one pool per process, for every program: not while another one runs
+                pybindings = require(
+                    EXECUTORCH_EXTRA, module="executorch.extension.pybindings.portable_lib"
+                )
+                pybindings._unsafe_reset_threadpool(threads)
+            return runtime.Runtime.get().load_program(data)
+    except ValueError:
+        raise
+    except Exception as e:  # the runtime raises RuntimeError for files it cannot load
+        raise ValueError(f"{path}: ExecuTorch cannot load it ({first_line(e)})") from None
 
-    The file is read once. Its flatbuffer identifier is checked first (ExecuTorch aborts the
-    process on some foreign files); then its bytes are loaded, every method compiled and run
-    once, in a child process (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False``
-    skips that for a file just exported), so that a damaged file that aborts XNNPACK's
-    compiler is an error here; then they are loaded in this process."""
-    require("executorch", "running a .pte file")
-    data = read_model_file(path, "ExecuTorch")
+
+def _check_header(data: bytes, path: str | os.PathLike[str]) -> None:
+    """ExecuTorch aborts the process on some foreign files: its flatbuffer identifier first."""
     if len(data) < 8 or data[4:6] != b"ET" or not data[6:8].isalnum():
         raise ValueError(f"{path} is not an ExecuTorch program (.pte)")
-    if first_in_child:
-        with private_copy(data, ".pte") as copy:
-            probe("executorch", copy, path, MAX_BATCH_ELEMENTS)
-    try:
-        program = executorch_program(data, threads)
-    except Exception as e:  # the runtime raises RuntimeError for files it cannot load
-        raise ValueError(f"{path}: ExecuTorch cannot load it ({_first_line(e)})") from None
-    metadata = read_pte_metadata(program, path)
+
+
+def _forward(
+    program: Any, data: bytes, path: str | os.PathLike[str]
+) -> tuple[OpenedModel, Sequence[int], Sequence[int]]:
+    """The program's ``forward`` (NCHW float32, one input, one output), and its input and
+    output shapes. The model keeps the program alive: a method does not hold it, and runs
+    from its memory (once it is freed, the next run crashes the process)."""
     if "forward" not in program.method_names:
         raise ValueError(f"{path} has no forward method")
     try:
         with stdout_to_stderr():
             forward = program.load_method("forward")
     except Exception as e:  # the runtime's RuntimeError for a method it cannot load
-        raise ValueError(f"{path}: ExecuTorch cannot load its forward ({_first_line(e)})") from None
+        raise ValueError(f"{path}: ExecuTorch cannot load its forward ({first_line(e)})") from None
     meta = forward.metadata
     if meta.num_inputs() != 1 or meta.num_outputs() != 1:
         raise ValueError(f"{path}: forward must take one input and return one output")
-    shapes = [info.sizes() for info in (meta.input_tensor_meta(0), meta.output_tensor_meta(0))]
-    metadata = check_edge_metadata(metadata, path, *shapes)
+    inputs, outputs = (
+        info.sizes() for info in (meta.input_tensor_meta(0), meta.output_tensor_meta(0))
+    )
 
     def run(x: np.ndarray) -> np.ndarray:
         (out,) = forward.execute([torch.from_numpy(x)])
         return np.asarray(out.numpy(), dtype=np.float32)
 
-    return EdgeModel("executorch", Path(path), metadata, run, runtime=(program, forward, data))
+    runtime = (program, forward, data)
+    opened = OpenedModel("executorch", Path(path), run, "NCHW", int(inputs[0]), runtime=runtime)
+    return opened, inputs, outputs
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+def open_executorch(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> OpenedModel:
+    """A ``.pte`` export in ExecuTorch's runtime, its metadata checked against ``forward``;
+    ``threads`` sets the process's ExecuTorch thread pool.
+
+    The file is read once. Its flatbuffer identifier is checked first; then its bytes are
+    loaded, every method compiled and run once, in a child process
+    (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False`` skips that for a file just
+    exported), so that a damaged file that aborts XNNPACK's compiler is an error here; then
+    they are loaded in this process."""
+    require(EXECUTORCH_EXTRA, "running a .pte file")
+    data = read_model_file(path, "ExecuTorch")
+    _check_header(data, path)
+    if first_in_child:
+        with private_copy(data, ".pte") as copy:
+            probe("executorch", PROBE, copy, path, MAX_BATCH_ELEMENTS)
+    program = _program(data, path, threads)
+    metadata = read_pte_metadata(program, path)
+    opened, inputs, outputs = _forward(program, data, path)
+    opened.metadata = check_edge_metadata(metadata, path, inputs, outputs)
+    return opened
 
 
-def verify_executorch(
-    path: str | os.PathLike[str], model: ShuffleNetBase, tolerance: float = FP32_TOLERANCE
-) -> Verification:
-    """Run ``path`` in ExecuTorch next to ``model`` at the file's batch size."""
-    return verify_edge(open_executorch(path), model, tolerance)
+def load_executorch(
+    path: str | os.PathLike[str], threads: int | None = None, device: str = "cpu"
+) -> OpenedModel:
+    """Any ``.pte`` program's ``forward`` in ExecuTorch (XNNPACK), on the CPU; ``threads``
+    sizes the process's one pool."""
+    data = read_model_file(path, "ExecuTorch")
+    _check_header(data, path)
+    return _forward(_program(data, path, threads), data, path)[0]
 
 
 # What the int8 file's metadata says of its quantization.
@@ -199,7 +230,7 @@ def to_pte_int8(
     at ``example``'s shape to XNNPACK's int8 kernels, as ``.pte`` bytes; input and output stay
     float32. ``metadata`` as in :func:`to_pte`."""
     quantizer_module = require(
-        "executorch",
+        EXECUTORCH_EXTRA,
         "ExecuTorch int8 export",
         "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
     )
@@ -210,21 +241,22 @@ def to_pte_int8(
     return to_pte(converted, example, metadata)
 
 
-def write_executorch_int8(
-    model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
-) -> dict[str, Any]:
-    """The int8 ``.pte`` ``target``: :func:`to_pte_int8` of the graph :func:`export_executorch`
-    lowers, calibrated on ``calibration``; returns its ``quantization`` record."""
-    graph = _graph(model, options)
-    graph.metadata["quantization"] = {**EXECUTORCH_INT8, "calibration_images": len(calibration)}
-    write_bytes(target, to_pte_int8(graph.module, graph.example, calibration, graph.metadata))
-    return graph.metadata["quantization"]
-
-
+EXECUTORCH_RUNTIME = Runtime(
+    name="executorch",
+    package="executorch",
+    open=open_executorch,
+    load=load_executorch,
+    convert=bytes_converter(to_pte, "model.pte"),
+    extra=EXECUTORCH_EXTRA,
+    layout=EDGE_LAYOUT,
+    rewrite=xnnpack_graph,  # the rewrites that keep the graph whole in XNNPACK (:mod:`.xnnpack`)
+)
+export_executorch = graph_export(EXECUTORCH_RUNTIME, to_pte)
+verify_executorch = edge_verifier(EXECUTORCH_RUNTIME)
 EXECUTORCH = edge_format(
     "ExecuTorch .pte lowered to XNNPACK (NCHW input, fixed batch), checked in ExecuTorch",
+    EXECUTORCH_RUNTIME,
     export_executorch,
-    open_executorch,
-    quantize=write_executorch_int8,
+    quantize=graph_int8(EXECUTORCH_RUNTIME, to_pte_int8, EXECUTORCH_INT8),
     suffixes=(".pte",),
 )

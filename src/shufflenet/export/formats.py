@@ -1,9 +1,10 @@
-"""The export formats, one table: :data:`FORMATS` (name -> exporter and verifier), and
-:func:`export_model`, which writes a format, verifies it and, for ONNX, LiteRT, ExecuTorch and
-MNN, can add int8.
+"""The export formats, one table: :data:`FORMATS` (name -> exporter, verifier, int8 and the
+runtime that runs the files), :data:`RUNTIMES` (those runtimes by name), and
+:func:`export_model`, which writes a format, verifies it and, where the format has it, adds int8.
 
-Adding a format is one module with its exporter and verifier and an :class:`ExportFormat`
-entry, plus its row here; the CLI reads its ``--format`` choices from this table.
+Adding a format is one module with its :class:`ExportFormat` (and its
+:class:`~shufflenet.export.runtime.Runtime`, if one runs its files), plus its row here; the
+CLI, ``predict`` and the bench read their choices from these tables.
 """
 
 from __future__ import annotations
@@ -18,26 +19,30 @@ from ..models.base import ShuffleNetBase
 from ..verification import Verification
 from .calibration import model_calibration_data
 from .executorch import EXECUTORCH
-from .int8 import Int8Result, export_int8, int8_path, int8_types
+from .int8_report import Int8Result
 from .litert import LITERT
 from .mnn import MNN
 from .ncnn import NCNN
-from .onnx import DEFAULT_OPSET, ONNX
+from .onnx import DEFAULT_OPSET
+from .onnx_format import ONNX
+from .runtime import Runtime
 from .spec import ExportFormat, ExportOptions
 from .torchscript import TORCHSCRIPT
 
 __all__ = [
     "DEFAULT_INT8_MIN_AGREEMENT",
     "FORMATS",
+    "RUNTIMES",
     "ExportResult",
     "check_suffix",
     "export_model",
+    "format_of",
     "output_files",
 ]
 
-# The least top-1 agreement of an int8 file with its fp32 one for an export to pass. Models
-# trained on digits agree 99.7% in ONNX, about 99% in LiteRT and ExecuTorch and about 89% in
-# MNN; a file that changes the class of one image in five is no longer the same classifier.
+# The least top-1 agreement of an int8 file with its fp32 one for an export to pass: a file
+# that changes the class of one image in five is no longer the same classifier (the README
+# lists what each format's int8 keeps).
 DEFAULT_INT8_MIN_AGREEMENT = 0.8
 
 FORMATS: dict[str, ExportFormat] = {
@@ -48,6 +53,22 @@ FORMATS: dict[str, ExportFormat] = {
     "executorch": EXECUTORCH,
     "mnn": MNN,
 }
+
+
+# The runtime of each format whose files something runs, by its name (predict's and the bench's
+# engine name).
+RUNTIMES: dict[str, Runtime] = {
+    spec.runtime.name: spec.runtime for spec in FORMATS.values() if spec.runtime is not None
+}
+
+
+def format_of(path: str | os.PathLike[str]) -> str | None:
+    """The format whose runtime runs ``path``, by its suffix (any case); None for any other."""
+    suffix = Path(path).suffix.lower()
+    return next(
+        (name for name, spec in FORMATS.items() if spec.runtime and suffix in spec.suffixes),
+        None,
+    )
 
 
 def _format(format: str) -> ExportFormat:
@@ -72,9 +93,7 @@ def output_files(path: str | os.PathLike[str], format: str, int8: bool = False) 
     a ``ValueError`` if ``path`` does not end in a suffix of ``format``."""
     spec = _format(format)
     files = spec.files(check_suffix(path, format))
-    if not int8:
-        return files
-    return [*files, *(spec.int8_files(Path(path)) if spec.int8_files else [int8_path(path)])]
+    return [*files, *spec.int8_files(Path(path))] if int8 else files
 
 
 @dataclass
@@ -137,35 +156,18 @@ def export_model(
         raise ValueError(
             f"int8_min_agreement must be a fraction within 0..1, got {int8_min_agreement!r}"
         )
+    options = ExportOptions(opset, batch, input_size, fastpath, int8_weights)
     calibration = None
     if calib is not None:  # int8: checked, and its images loaded, before any file is written
-        if not spec.int8:
+        if spec.quantize is None:
             int8_formats = ", ".join(name for name, f in FORMATS.items() if f.int8)
             raise ValueError(f"calib (int8) needs format {int8_formats}, got {format!r}")
-        if spec.quantize is None:
-            int8_types(opset, "uint8", int8_weights)
-        elif int8_weights != "auto":
-            raise ValueError(f"int8_weights is ONNX's choice; {format} quantizes weights to int8")
+        spec.check_int8(options)
         calibration = model_calibration_data(model, calib, input_size)
     model = model.eval()
-    options = ExportOptions(opset, batch, input_size, fastpath)
     files = spec.export(model, Path(path), options)
     result = ExportResult(format, files, spec.verify(Path(path), model, options))
-    if calib is not None and result.verified and spec.quantize is not None:
+    if spec.quantize is not None and calib is not None and result.verified:
         result.int8 = spec.quantize(model, Path(path), calib, options, calibration)
-    elif calib is not None and result.verified:
-        plain = Path(path).read_bytes() if fastpath is None else None
-        result.int8 = export_int8(
-            model,
-            path,
-            calib,
-            opset=opset,
-            batch=batch,
-            input_size=input_size,
-            weights=int8_weights,
-            plain=plain,
-            data=calibration,
-        )
-    if result.int8 is not None:
         result.int8.min_agreement = float(int8_min_agreement)
     return result

@@ -14,7 +14,6 @@ import os
 import platform
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,14 @@ from ..models.base import ShuffleNetBase
 from ..runtimes import ort_session
 from ..timer import TimedRun, measure
 from .calibration import calibration_reader, image_batches, model_calibration_data
-from .int8_errors import LayerError, graph_layer_errors, sqnr_db_by_kind
+from .int8_errors import graph_layer_errors
+from .int8_report import Int8Report, Int8Result
 from .metadata import read_onnx_metadata, write_onnx_metadata
 from .onnx import DEFAULT_OPSET, onnx_bytes
 
 __all__ = [
     "INT8_WEIGHTS",
     "VNNI_FLAGS",
-    "Int8Report",
-    "Int8Result",
     "compare_int8",
     "default_int8_weights",
     "export_int8",
@@ -217,24 +215,6 @@ def _uniform_weight_zero_points(proto: Any) -> None:
 
 
 # -- what it costs --------------------------------------------------------------------------------
-@dataclass
-class Int8Report:
-    """What int8 costs and gains next to fp32, on the same images and machine."""
-
-    fp32_bytes: int
-    int8_bytes: int
-    fp32_ms: float
-    int8_ms: float
-    images: int
-    agreement: float
-    fp32_top1: float | None
-    int8_top1: float | None
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def compare_int8(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
@@ -276,39 +256,6 @@ def compare_int8(
 
 
 # -- the whole run ---------------------------------------------------------------------------------
-@dataclass
-class Int8Result:
-    """An int8 file made by :func:`export_int8`: its weight scheme, what it costs next to the
-    fp32 file, and each quantized activation's error, worst first. ``min_agreement`` is the
-    top-1 agreement with fp32 it must reach (a fraction; None: no threshold)."""
-
-    path: Path
-    calib: str
-    weights: str
-    report: Int8Report
-    layers: list[LayerError]
-    min_agreement: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        """Whether the agreement reaches ``min_agreement`` (True without a threshold)."""
-        return self.min_agreement is None or self.report.agreement >= self.min_agreement
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the path, calibration set and weights, the report's fields, the
-        threshold and whether it passed, the medians by kind and the five weakest activations."""
-        return {
-            "path": str(self.path),
-            "calib": self.calib,
-            "weights": self.weights,
-            **self.report.to_dict(),
-            "min_agreement": self.min_agreement,
-            "passed": self.passed,
-            "sqnr_db_by_kind": sqnr_db_by_kind(self.layers),
-            "weakest_layers": [asdict(layer) for layer in self.layers[:5]],
-        }
-
-
 def int8_path(fp32_path: str | os.PathLike[str]) -> Path:
     """Where :func:`export_int8` writes the int8 file of ``fp32_path``: ``FILE.int8.onnx``."""
     path = Path(fp32_path)

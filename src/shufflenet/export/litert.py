@@ -1,6 +1,7 @@
-"""LiteRT (TensorFlow Lite) export: a ``.tflite`` file converted by litert-torch from the
-shuffle-free graph, its metadata inside the file, verified in LiteRT's interpreter; int8 by
-PyTorch 2 export quantization (full-integer: int8 weights, activations, input and output).
+"""LiteRT (TensorFlow Lite): a ``.tflite`` file converted by litert-torch from the shuffle-free
+graph, its metadata inside the file, run in LiteRT's interpreter (:data:`LITERT_RUNTIME`, the one
+place that imports it); int8 by PyTorch 2 export quantization (full-integer: int8 weights,
+activations, input and output).
 
 The file takes NHWC float32 images (the layout of Android bitmaps and of every TFLite image
 model; the graph is NHWC inside, so the layout costs nothing), a fixed batch, and records the
@@ -13,48 +14,64 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
 
-from ..io import write_bytes
 from ..limits import MAX_BATCH_ELEMENTS
-from ..models.base import ShuffleNetBase
-from ..runtimes import litert_interpreter, probe, require, stdout_to_stderr
-from ..verification import FP32_TOLERANCE, Verification
+from ..runtimes import Extra, probe, require, stdout_to_stderr
 from .edge import (
+    EDGE_LAYOUT,
     EdgeGraph,
-    EdgeModel,
+    bytes_converter,
     check_edge_metadata,
     edge_format,
-    edge_graph,
-    private_copy,
+    edge_verifier,
+    graph_export,
+    graph_int8,
     pt2e_calibrated,
-    read_model_file,
-    verify_edge,
 )
-from .spec import ExportOptions
+from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
 from .xnnpack import strided_splits_as_slices
 
 __all__ = [
     "LITERT",
+    "LITERT_EXTRA",
     "LITERT_INT8",
+    "LITERT_RUNTIME",
     "TFLITE_METADATA",
     "dequantize_output",
     "export_litert",
+    "load_litert",
     "open_litert",
     "quantize_input",
     "read_tflite_metadata",
     "to_tflite",
     "to_tflite_int8",
     "verify_litert",
-    "write_litert_int8",
 ]
 
+LITERT_EXTRA = Extra(
+    "litert", "litert-torch and ai-edge-litert", "ai_edge_litert.interpreter", "litert_torch"
+)
 TFLITE_METADATA = "shufflenet"  # the name of our entry in the flatbuffer's metadata
+# Opens argv[1] and runs it once on zeros; exit 3 if an input holds more than argv[2] values
+# (:func:`~shufflenet.runtimes.probe`).
+PROBE = """
+import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1], num_threads=1)
+details = interpreter.get_input_details()
+if any(int(np.prod(d["shape"])) > int(sys.argv[2]) for d in details):
+    sys.exit(3)
+interpreter.allocate_tensors()
+for d in details:
+    interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+interpreter.invoke()
+"""
 
 
 class _FromNHWC(nn.Module):
@@ -98,7 +115,7 @@ def to_tflite(
     ``example`` are already NHWC); ``metadata``, if given, in a ``shufflenet`` metadata entry.
     ``convert``: more keywords of ``litert_torch.convert`` (``quant_config``). For converting
     any model the same way, as ``bench --compare`` does for torchvision's."""
-    litert_torch = require("litert", "LiteRT export", "litert_torch")
+    litert_torch = require(LITERT_EXTRA, "LiteRT export", "litert_torch")
     if nhwc:
         module, example = _FromNHWC(module), example.permute(0, 2, 3, 1).contiguous()
     with _quiet():
@@ -109,7 +126,7 @@ def to_tflite(
 
 def _with_metadata(model: bytes, metadata: dict[str, Any]) -> bytes:
     """The flatbuffer ``model`` with a ``shufflenet`` metadata entry holding ``metadata``."""
-    utils = require("litert", "LiteRT export", "ai_edge_litert.tools.flatbuffer_utils")
+    utils = require(LITERT_EXTRA, "LiteRT export", "ai_edge_litert.tools.flatbuffer_utils")
     proto = utils.read_model_from_bytearray(bytearray(model))
     buffer = utils.BufferT()
     buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
@@ -129,7 +146,7 @@ def read_tflite_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _tflite_metadata(data: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
-    schema = require("litert", "reading a .tflite file", "ai_edge_litert.schema_py_generated")
+    schema = require(LITERT_EXTRA, "reading a .tflite file", "ai_edge_litert.schema_py_generated")
     try:
         model = schema.Model.GetRootAs(data, 0)
         for i in range(model.MetadataLength()):
@@ -148,58 +165,61 @@ def _tflite_metadata(data: bytes, path: str | os.PathLike[str]) -> dict[str, Any
     )
 
 
-def export_litert(
-    model: ShuffleNetBase, path: str | os.PathLike[str], options: ExportOptions
-) -> Path:
-    """Convert ``model`` to a ``.tflite`` file at ``path`` with litert-torch: the shuffle-free
-    graph (the plain one where ``options.fastpath`` is None or the model has none; see
-    :func:`~shufflenet.export.edge.edge_graph`), NHWC input, ``options.batch`` fixed (1 if
-    None), fp32 weights."""
-    graph = _graph(model, options)
-    return write_bytes(path, to_tflite(graph.module, graph.example, graph.metadata))
-
-
-def _graph(model: ShuffleNetBase, options: ExportOptions) -> EdgeGraph:
-    """The edge graph, Megvii's even/odd splits as contiguous slices: LiteRT's XNNPACK delegate
-    takes strided slices only with stride 1 (:func:`~shufflenet.export.xnnpack.
-    strided_splits_as_slices`)."""
-    graph = edge_graph(model, options, "NHWC")
-    graph.module = strided_splits_as_slices(graph.module, graph.example)
-    return graph
-
-
-def open_litert(
-    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
-) -> EdgeModel:
-    """A ``.tflite`` export in LiteRT's interpreter (XNNPACK), its metadata checked against
-    the graph. An int8 file's input and output are quantized and dequantized here with their
-    own scales, so ``run`` takes and returns float32 like an fp32 file's.
-
-    The file is read once; its bytes are opened and run in a child process first
-    (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False`` skips that for a file just
-    exported), then loaded here."""
-    require("litert", "running a .tflite file")
-    data = read_model_file(path, "LiteRT")
-    metadata = _tflite_metadata(data, path)
-    if first_in_child:
-        with private_copy(data, ".tflite") as copy:
-            probe("litert", copy, path, MAX_BATCH_ELEMENTS)
+def _load(
+    data: bytes, path: str | os.PathLike[str], threads: int | None
+) -> tuple[OpenedModel, Sequence[int], Sequence[int]]:
+    """``.tflite`` bytes in LiteRT's interpreter (its default XNNPACK delegate runs the float and
+    int8 operators; ``threads`` None: LiteRT's default), and its input and output shapes. An
+    int8 file's input and output are quantized and dequantized with their own scales, so that
+    ``run`` takes and returns float32 like an fp32 file's."""
+    lite = require(LITERT_EXTRA, "running a .tflite file")
     try:
-        interpreter = litert_interpreter(data, threads)
+        with stdout_to_stderr():
+            interpreter = lite.Interpreter(model_content=data, num_threads=threads)
+            interpreter.allocate_tensors()
     except Exception as e:  # LiteRT raises its own types for files it cannot load
-        raise ValueError(f"{path}: LiteRT cannot load it ({_first_line(e)})") from None
+        raise ValueError(f"{path}: LiteRT cannot load it ({first_line(e)})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"{path} must have one input and one output")
     source, sink = inputs[0], outputs[0]
-    metadata = check_edge_metadata(metadata, path, source["shape"], sink["shape"])
 
     def run(x: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(source["index"], quantize_input(x, source))
         interpreter.invoke()
         return dequantize_output(interpreter.get_tensor(sink["index"]), sink)
 
-    return EdgeModel("litert", Path(path), metadata, run, runtime=(interpreter, data))
+    batch = int(source["shape"][0])
+    opened = OpenedModel("litert", Path(path), run, "NHWC", batch, runtime=(interpreter, data))
+    return opened, source["shape"], sink["shape"]
+
+
+def open_litert(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> OpenedModel:
+    """A ``.tflite`` export in LiteRT's interpreter (XNNPACK), its metadata checked against
+    the graph; ``run`` takes and returns float32, an int8 file's included.
+
+    The file is read once; its bytes are opened and run in a child process first
+    (:func:`~shufflenet.runtimes.probe`; ``first_in_child=False`` skips that for a file just
+    exported), then loaded here."""
+    require(LITERT_EXTRA, "running a .tflite file")
+    data = read_model_file(path, "LiteRT")
+    metadata = _tflite_metadata(data, path)
+    if first_in_child:
+        with private_copy(data, ".tflite") as copy:
+            probe("litert", PROBE, copy, path, MAX_BATCH_ELEMENTS)
+    opened, inputs, outputs = _load(data, path, threads)
+    opened.metadata = check_edge_metadata(metadata, path, inputs, outputs)
+    return opened
+
+
+def load_litert(
+    path: str | os.PathLike[str], threads: int | None = None, device: str = "cpu"
+) -> OpenedModel:
+    """Any ``.tflite`` file taking one NHWC batch (as :func:`to_tflite` writes them) in LiteRT's
+    interpreter, on the CPU."""
+    return _load(read_model_file(path, "LiteRT"), path, threads)[0]
 
 
 def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
@@ -221,18 +241,6 @@ def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def verify_litert(
-    path: str | os.PathLike[str], model: ShuffleNetBase, tolerance: float = FP32_TOLERANCE
-) -> Verification:
-    """Run ``path`` in LiteRT next to ``model`` at the file's batch size."""
-    return verify_edge(open_litert(path), model, tolerance)
-
-
 # What the int8 file's metadata says of its quantization.
 LITERT_INT8 = {
     "method": "PT2E (litert-torch PT2EQuantizer), full-integer",
@@ -251,8 +259,8 @@ def to_tflite_int8(
     PT2E quantizer (int8 weights symmetric per output channel, int8 activations from histogram
     calibration on the NCHW ``calibration`` images), lowered at ``example``'s shape to int8
     kernels with NHWC int8 input and output; ``metadata`` as in :func:`to_tflite`."""
-    pt2e = require("litert", "LiteRT int8 export", "litert_torch.quantize.pt2e_quantizer")
-    config = require("litert", "LiteRT int8 export", "litert_torch.quantize.quant_config")
+    pt2e = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.pt2e_quantizer")
+    config = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.quant_config")
     nhwc = EdgeGraph(_FromNHWC(module), example.permute(0, 2, 3, 1), metadata or {})
     quantizer = pt2e.PT2EQuantizer().set_global(
         pt2e.get_symmetric_quantization_config(is_per_channel=True)
@@ -265,22 +273,25 @@ def to_tflite_int8(
     return to_tflite(converted, nhwc.example, metadata, nhwc=False, quant_config=quant_config)
 
 
-def write_litert_int8(
-    model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
-) -> dict[str, Any]:
-    """The full-integer int8 ``.tflite`` ``target``: :func:`to_tflite_int8` of the graph
-    :func:`export_litert` converts, calibrated on ``calibration``; returns its ``quantization``
-    record."""
-    graph = _graph(model, options)
-    graph.metadata["quantization"] = {**LITERT_INT8, "calibration_images": len(calibration)}
-    write_bytes(target, to_tflite_int8(graph.module, graph.example, calibration, graph.metadata))
-    return graph.metadata["quantization"]
-
-
+LITERT_RUNTIME = Runtime(
+    name="litert",
+    package="litert_torch",
+    open=open_litert,
+    load=load_litert,
+    convert=bytes_converter(to_tflite, "model.tflite"),
+    extra=LITERT_EXTRA,
+    input_layout="NHWC",
+    layout=EDGE_LAYOUT,
+    # Megvii's even/odd splits as contiguous slices: LiteRT's XNNPACK delegate takes strided
+    # slices only with stride 1
+    rewrite=strided_splits_as_slices,
+)
+export_litert = graph_export(LITERT_RUNTIME, to_tflite)
+verify_litert = edge_verifier(LITERT_RUNTIME)
 LITERT = edge_format(
     "LiteRT .tflite via litert-torch (NHWC input, fixed batch), checked in LiteRT",
+    LITERT_RUNTIME,
     export_litert,
-    open_litert,
-    quantize=write_litert_int8,
+    quantize=graph_int8(LITERT_RUNTIME, to_tflite_int8, LITERT_INT8),
     suffixes=(".tflite",),
 )

@@ -1,5 +1,6 @@
-"""MNN export: our ONNX export converted by MNN's converter to ``FILE.mnn``, the metadata in
-``FILE.json`` beside it (an ``.mnn`` file has no place for it), verified with MNN's Python API.
+"""MNN: our ONNX export converted by MNN's converter to ``FILE.mnn``, the metadata in
+``FILE.json`` beside it (an ``.mnn`` file has no place for it), run with MNN's Python API
+(:data:`MNN_RUNTIME`, the one place that imports it).
 
 The ONNX graph is the shuffle-free one laid out for MNN (:data:`MNN_LAYOUT`; the plain one
 with ``fastpath=None`` or for models without one) at a fixed batch;
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..deploy.fastpath import EAGER
 from ..io import atomic_path, write_json
@@ -39,35 +40,41 @@ from ..limits import MAX_BATCH_ELEMENTS
 from ..models import create_model
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
-from ..runtimes import mnn_module, probe, require, stdout_to_stderr
-from ..verification import FP32_TOLERANCE, Verification
+from ..runtimes import Extra, probe, require, stdout_to_stderr
 from ..weights import validate_metadata
-from .edge import (
-    EdgeModel,
-    check_edge_metadata,
-    edge_format,
-    private_copy,
-    read_model_file,
-    verify_edge,
-)
-from .metadata import check_sidecar_target, read_onnx_metadata, read_sidecar
-from .onnx import onnx_bytes
+from .edge import check_edge_metadata, edge_format, edge_verifier
+from .metadata import check_sidecar_target, model_metadata, read_onnx_metadata, read_sidecar
+from .onnx import onnx_bytes, to_onnx
+from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
 from .spec import ExportOptions
 
 __all__ = [
     "MNN",
+    "MNN_EXTRA",
     "MNN_INT8",
     "MNN_LAYOUT",
     "MNN_MAX_TENSOR_VALUES",
+    "MNN_RUNTIME",
     "SIDECAR_HASH",
     "convert_onnx_to_mnn",
     "export_mnn",
+    "load_mnn",
     "mnn_paths",
     "open_mnn",
     "quantize_mnn",
     "verify_mnn",
-    "write_mnn_int8",
 ]
+
+MNN_EXTRA = Extra("mnn", "MNN", "MNN", "MNN")
+# Opens argv[1] and runs it once on zeros of the NCHW shape argv[3] (comma-separated)
+# (:func:`~shufflenet.runtimes.probe`; the caller bounds the shape).
+PROBE = """
+import sys, numpy as np, MNN
+shape = [int(s) for s in sys.argv[3].split(",")]
+module = MNN.nn.load_module_from_file(sys.argv[1], [], [], thread_num=1)
+x = MNN.expr.const(np.zeros(shape, np.float32), shape, MNN.expr.NCHW)
+module.onForward([x])[0].read()
+"""
 
 # The shuffle-free layout for MNN is eager PyTorch's: unpadded, each producer one conv followed
 # by a split (MNN makes the split a view). One conv per chunk, as in the XNNPACK formats, doubles
@@ -107,7 +114,7 @@ def convert_onnx_to_mnn(
     """Convert ONNX bytes to the ``.mnn`` file ``path`` with MNN's converter (``args``: more
     converter flags; ``biz_code``: the string the file's ``bizCode`` holds); a ``ValueError``
     with the converter's last lines if it fails."""
-    require("mnn", "MNN export")
+    require(MNN_EXTRA, "MNN export")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "model.onnx")
         source.write_bytes(onnx)
@@ -151,17 +158,16 @@ def quantize_mnn(
 ) -> Path:
     """MNN's offline quantizer on the fp32 ``.mnn`` file ``source``: int8 weights (MAX_ABS)
     and activations (ranges by exponential moving average over the ``calibration`` images),
-    written to ``target``. EMA, as MNN's guide advises for small calibration sets: on a
-    digits-trained V2 0.5x it kept 89% top-1 agreement with fp32 where KL kept 84% (and its
-    runs sometimes crash) and ADMM crashed. MNN quantizes activations symmetrically (-127..127),
-    so ReLU outputs use half of the grid: it agrees less with fp32 than LiteRT's or ExecuTorch's
-    int8 (99%), which use asymmetric activations.
+    written to ``target``. EMA, as MNN's guide advises for small calibration sets (its KL and
+    ADMM methods agreed less with fp32, or crashed). MNN quantizes activations symmetrically
+    (-127..127), so ReLU outputs use half of the grid: it agrees less with fp32 than LiteRT's or
+    ExecuTorch's int8, which use asymmetric activations (the README has the numbers).
 
     The quantizer reads image files and makes the input itself (``(pixel - mean) * normal`` in
     a channel order): the calibration images (NCHW, through ``preprocessing`` already) are
     written back to PNG files, and ``preprocessing`` becomes its mean, normal and format.
     """
-    require("mnn", "MNN int8 export")
+    require(MNN_EXTRA, "MNN int8 export")
     pre = preprocessing
     channels = calibration.shape[1]
     if channels not in (1, 3):
@@ -251,6 +257,8 @@ def export_mnn(
     model_path, sidecar = mnn_paths(path)
     check_sidecar_target(sidecar)
     batch = options.batch or 1
+    planned = {**model_metadata(model, options.input_size), "batch": batch}
+    check_mnn_size(planned["model_config"], _input_shape(planned, model_path), str(model_path))
     fastpath = None if options.fastpath is None else MNN_LAYOUT
     onnx = onnx_bytes(
         model,
@@ -260,7 +268,6 @@ def export_mnn(
         fastpath=fastpath,
     )
     metadata = {**read_onnx_metadata(onnx), "batch": batch, "input_layout": "NCHW"}
-    check_mnn_size(metadata["model_config"], _input_shape(metadata, model_path), str(model_path))
     convert_onnx_to_mnn(onnx, model_path, biz_code=_STAMP + _digest(metadata))
     _write_sidecar(sidecar, model_path, metadata)
     return [model_path, sidecar]
@@ -290,38 +297,21 @@ def _sidecar_metadata(model_path: Path, sidecar: Path, data: bytes) -> dict[str,
     return metadata
 
 
-def open_mnn(
-    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
-) -> EdgeModel:
-    """An ``.mnn`` export in MNN (CPU), with the metadata of its ``FILE.json``: the side-car
-    checked to belong to the file (:data:`SIDECAR_HASH` and the file's ``bizCode``), its
-    input bounded, and the output of one run on zeros checked against it.
+def _module(path: Path, threads: int | None) -> Any:
+    """An ``.mnn`` file as an MNN ``Module`` on the CPU backend with ``threads`` threads (default
+    1) and MNN's default precision (fp32 on CPUs; ``Low`` would allow fp16 on ARM); ``None``
+    where MNN cannot load it."""
+    mnn = require(MNN_EXTRA, "running an .mnn file")
+    try:
+        with stdout_to_stderr():
+            return mnn.nn.load_module_from_file(str(path), [], [], thread_num=threads or 1)
+    except Exception:  # MNN's binding fails with a SystemError for files it cannot load
+        return None
 
-    The file is opened and run once in a child process first (:func:`~shufflenet.runtimes.
-    probe`; ``first_in_child=False`` skips that for a file just exported), so that a damaged
-    one that crashes MNN is an error here; then this process loads the same bytes."""
-    model_path, sidecar = mnn_paths(path)
-    data = read_model_file(model_path, "MNN")
-    mnn = require("mnn", "running an .mnn file")
-    metadata = _sidecar_metadata(model_path, sidecar, data)
-    shape = _input_shape(metadata, sidecar)
-    check_mnn_size(metadata["model_config"], shape, str(sidecar))
-    with private_copy(data, ".mnn") as copy:
-        if first_in_child:
-            probe("mnn", copy, model_path, MAX_BATCH_ELEMENTS, shape)
-        try:
-            module = mnn_module(copy, threads)
-        except ValueError:
-            raise
-        except Exception:  # MNN's binding fails with a SystemError for files it cannot load
-            module = None
-    if module is None:
-        raise ValueError(f"{model_path}: MNN cannot load it (not an MNN model, or damaged)")
-    if module.get_info().get("bizCode") != _STAMP + _digest(metadata):
-        raise ValueError(
-            f"{sidecar} is not the metadata {model_path} was exported with (edited, or "
-            "another export's): export the model again"
-        )
+
+def _model(module: Any, path: Path, metadata: dict[str, Any] | None = None) -> OpenedModel:
+    """``module`` run on NCHW float32 batches (the shape it was converted for)."""
+    mnn = require(MNN_EXTRA, "running an .mnn file")
 
     def run(x: np.ndarray) -> np.ndarray:
         with stdout_to_stderr():
@@ -331,17 +321,54 @@ def open_mnn(
                 out = mnn.expr.convert(out, mnn.expr.NCHW)
             return np.array(out.read(), dtype=np.float32)
 
+    batch = None if metadata is None else int(metadata["batch"])
+    return OpenedModel("mnn", path, run, "NCHW", batch, metadata or {}, runtime=module)
+
+
+def open_mnn(
+    path: str | os.PathLike[str], threads: int | None = None, *, first_in_child: bool = True
+) -> OpenedModel:
+    """An ``.mnn`` export in MNN (CPU), with the metadata of its ``FILE.json``: the side-car
+    checked to belong to the file (:data:`SIDECAR_HASH` and the file's ``bizCode``), its
+    input bounded, and the output of one run on zeros checked against it.
+
+    The file is opened and run once in a child process first (:func:`~shufflenet.runtimes.
+    probe`; ``first_in_child=False`` skips that for a file just exported), so that a damaged
+    one that crashes MNN is an error here; then this process loads the same bytes."""
+    model_path, sidecar = mnn_paths(path)
+    data = read_model_file(model_path, "MNN")
+    require(MNN_EXTRA, "running an .mnn file")
+    metadata = _sidecar_metadata(model_path, sidecar, data)
+    shape = _input_shape(metadata, sidecar)
+    check_mnn_size(metadata["model_config"], shape, str(sidecar))
+    with private_copy(data, ".mnn") as copy:
+        if first_in_child:
+            probe("mnn", PROBE, copy, model_path, MAX_BATCH_ELEMENTS, [",".join(map(str, shape))])
+        module = _module(copy, threads)
+    if module is None:
+        raise ValueError(f"{model_path}: MNN cannot load it (not an MNN model, or damaged)")
+    if module.get_info().get("bizCode") != _STAMP + _digest(metadata):
+        raise ValueError(
+            f"{sidecar} is not the metadata {model_path} was exported with (edited, or "
+            "another export's): export the model again"
+        )
+    opened = _model(module, model_path, metadata)
     try:
-        out = run(np.zeros(shape, np.float32))
+        out = opened.run(np.zeros(shape, np.float32))
     except Exception as e:  # a graph that loads but does not run on its own input
-        raise ValueError(f"{model_path}: MNN cannot run it ({_first_line(e)})") from None
-    metadata = check_edge_metadata(metadata, sidecar, shape, out.shape)
-    return EdgeModel("mnn", model_path, metadata, run, runtime=module)
+        raise ValueError(f"{model_path}: MNN cannot run it ({first_line(e)})") from None
+    opened.metadata = check_edge_metadata(metadata, sidecar, shape, out.shape)
+    return opened
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+def load_mnn(
+    path: str | os.PathLike[str], threads: int | None = None, device: str = "cpu"
+) -> OpenedModel:
+    """Any ``.mnn`` file in MNN on the CPU, ``threads`` threads (default 1)."""
+    module = _module(Path(path), threads)
+    if module is None:
+        raise ValueError(f"{path}: MNN cannot load it (not an MNN model, or damaged)")
+    return _model(module, Path(path))
 
 
 def _input_shape(metadata: Any, sidecar: Path) -> list[int]:
@@ -357,14 +384,7 @@ def _input_shape(metadata: Any, sidecar: Path) -> list[int]:
     return shape
 
 
-def verify_mnn(
-    path: str | os.PathLike[str], model: ShuffleNetBase, tolerance: float = FP32_TOLERANCE
-) -> Verification:
-    """Run ``path`` in MNN next to ``model`` at the file's batch size."""
-    return verify_edge(open_mnn(path), model, tolerance)
-
-
-def write_mnn_int8(
+def _write_int8(
     model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
 ) -> dict[str, Any]:
     """The int8 ``target`` (and its side-car JSON): :func:`quantize_mnn` of the fp32 file at
@@ -384,11 +404,27 @@ def write_mnn_int8(
     return metadata["quantization"]
 
 
+def _to_file(module: nn.Module, example: Tensor, folder: Path) -> Path:
+    """``module`` as an ``.mnn`` file in ``folder``, through ONNX at ``example``'s batch."""
+    onnx = to_onnx(module, example, dynamic_batch=False)
+    return convert_onnx_to_mnn(onnx, folder / "model.mnn")
+
+
+MNN_RUNTIME = Runtime(
+    name="mnn",
+    package="MNN",
+    open=open_mnn,
+    load=load_mnn,
+    convert=_to_file,
+    extra=MNN_EXTRA,
+    layout=MNN_LAYOUT,
+)
+verify_mnn = edge_verifier(MNN_RUNTIME)
 MNN = edge_format(
     "MNN from our ONNX export (FILE.mnn, FILE.json; NCHW, fixed batch), checked in MNN",
+    MNN_RUNTIME,
     export_mnn,
-    open_mnn,
     files=lambda path: list(mnn_paths(path)),
-    quantize=write_mnn_int8,
+    quantize=_write_int8,
     suffixes=(".mnn",),
 )

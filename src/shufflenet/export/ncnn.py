@@ -1,5 +1,5 @@
 """ncnn export through pnnx: ``FILE.param``, ``FILE.bin`` and the metadata in ``FILE.json``,
-verified in ncnn itself."""
+verified in ncnn itself (this is the one module that imports ncnn)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ from torch import Tensor
 from ..deploy import fuse_bn
 from ..io import atomic_path, write_json
 from ..models.base import ShuffleNetBase
+from ..runtimes import Extra, require
 from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
 from .check import compare_with_model
 from .metadata import model_metadata, sample_inputs
 from .spec import ExportFormat, ExportOptions
 
-__all__ = ["NCNN", "export_ncnn", "verify_ncnn"]
+__all__ = ["NCNN", "NCNN_EXTRA", "export_ncnn", "verify_ncnn"]
+
+NCNN_EXTRA = Extra("ncnn", "pnnx and ncnn", "ncnn", "ncnn")
 
 
 def _ncnn_paths(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -47,10 +50,7 @@ def export_ncnn(
     pnnx reads a TorchScript trace of the BN-folded model (it turns the reshape/transpose
     shuffles into ncnn layers itself); weights stay fp32.
     """
-    try:
-        import pnnx
-    except ImportError:
-        raise ValueError("ncnn export needs pnnx and ncnn: pip install pnnx ncnn") from None
+    pnnx = require(NCNN_EXTRA, "ncnn export", "pnnx")
     param, weights, sidecar = _ncnn_paths(path)
     metadata = model_metadata(model, input_size)
     x = sample_inputs(1, model.in_chans, metadata["preprocessing"])
@@ -89,10 +89,7 @@ def verify_ncnn(
     tolerance: float = FP32_TOLERANCE,
 ) -> Verification:
     """Run the ncnn files in ncnn (fp32 arithmetic, one image) and compare with ``model``."""
-    try:
-        import ncnn
-    except ImportError:
-        raise ValueError("verifying an ncnn export needs ncnn: pip install ncnn") from None
+    ncnn = require(NCNN_EXTRA, "verifying an ncnn export")
     param, weights, sidecar = _ncnn_paths(path)
     metadata = validate_metadata(json.loads(sidecar.read_text(encoding="utf-8")), sidecar)
     net = ncnn.Net()

@@ -1,10 +1,11 @@
-"""ONNX export: the one call of PyTorch's ONNX exporter, the checked file with metadata, and its
-verification in ONNX Runtime and OpenVINO.
+"""ONNX export: the graph every export converts (:func:`export_graph`), the one call of
+PyTorch's ONNX exporter, and the checked file with metadata.
 
 By default the graph is the shuffle-free one of :mod:`shufflenet.deploy.fastpath`; otherwise
 (``fastpath=None``, or a model it does not cover) the plain graph: BatchNorms folded, shuffles as
 reshapes with constant shapes. Either way it has no shape-computing subgraph, and its batch axis
-is dynamic unless fixed.
+is dynamic unless fixed. Its runtimes and its :data:`~shufflenet.export.FORMATS` entry are
+:mod:`.onnx_format`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,22 +23,16 @@ from ..deploy import fuse_bn, static_shuffles
 from ..deploy.fastpath import ONNXRUNTIME, FastPathOptions, fast_model, fastpath_support
 from ..io import atomic_path
 from ..models.base import ShuffleNetBase
-from ..runtimes import has_openvino, openvino_model, ort_session
-from ..verification import FP32_TOLERANCE, Verification
-from .check import compare_with_model
-from .metadata import model_metadata, read_onnx_metadata, sample_inputs, write_onnx_metadata
-from .spec import ExportFormat, ExportOptions
+from .metadata import model_metadata, sample_inputs, write_onnx_metadata
 
 __all__ = [
     "DEFAULT_OPSET",
-    "ONNX",
     "OPSETS",
+    "export_graph",
     "export_onnx",
     "onnx_bytes",
     "plain_graph",
     "to_onnx",
-    "verify_onnx",
-    "verify_openvino",
 ]
 
 DEFAULT_OPSET = 17
@@ -82,6 +76,25 @@ def plain_graph(model: nn.Module, input_size: tuple[int, int] | None = None) -> 
     return static_shuffles(fuse_bn(model), input_size)
 
 
+def export_graph(
+    model: nn.Module, layout: FastPathOptions | None, input_size: tuple[int, int]
+) -> tuple[nn.Module, str]:
+    """The graph a file is made from, in eval mode, and what it is (an exported file's
+    ``graph`` metadata): our model's shuffle-free form in ``layout``
+    (:func:`~shufflenet.deploy.fastpath.fast_model`) unless ``layout`` is None or the model has
+    none (:func:`~shufflenet.deploy.fastpath.fastpath_support` says why), else its plain graph
+    (:func:`plain_graph` at ``input_size``); any other module as it is."""
+    if not isinstance(model, ShuffleNetBase):
+        return model.eval(), "as given"
+    model = model.eval()
+    reason = "not requested" if layout is None else fastpath_support(model)
+    if reason is None:
+        assert layout is not None
+        graph = f"shuffle-free (shufflenet.deploy.fastpath, {layout})"
+        return fast_model(model, layout).eval(), graph
+    return plain_graph(model, input_size).eval(), f"plain BN-folded (no fast path: {reason})"
+
+
 def onnx_bytes(
     model: ShuffleNetBase,
     *,
@@ -106,13 +119,7 @@ def onnx_bytes(
     metadata = model_metadata(model, input_size)
     x = sample_inputs(batch or 1, model.in_chans, metadata["preprocessing"])
     output = "logits" if model.num_classes else "features"
-    plain_reason = "not requested" if fastpath is None else fastpath_support(model)
-    if plain_reason is None:
-        graph = fast_model(model, fastpath)  # type: ignore[arg-type]
-        metadata["graph"] = f"shuffle-free (shufflenet.deploy.fastpath, {fastpath})"
-    else:
-        graph = plain_graph(model, (x.shape[2], x.shape[3]))
-        metadata["graph"] = f"plain BN-folded (no fast path: {plain_reason})"
+    graph, metadata["graph"] = export_graph(model, fastpath, (x.shape[2], x.shape[3]))
     data = to_onnx(graph, x, opset=opset, dynamic_batch=not batch, output_name=output)
     proto = onnx.load_from_string(data)
     write_onnx_metadata(proto, metadata)
@@ -134,77 +141,3 @@ def export_onnx(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
-
-
-def verify_onnx(
-    path: str | os.PathLike[str],
-    model: ShuffleNetBase,
-    batch_sizes: Sequence[int] = (1, 3),
-    tolerance: float = FP32_TOLERANCE,
-) -> Verification:
-    """Run ``path`` in ONNX Runtime and ``model`` in PyTorch on the same inputs."""
-    session = ort_session(path)
-    name = session.get_inputs()[0].name
-    metadata = read_onnx_metadata(path)
-    height, width = session.get_inputs()[0].shape[2:]
-
-    def run(x: Tensor) -> Any:
-        return session.run(None, {name: x.numpy()})[0]
-
-    return compare_with_model(
-        model, run, "onnxruntime", batch_sizes, metadata, (height, width), tolerance
-    )
-
-
-def verify_openvino(
-    path: str | os.PathLike[str],
-    model: ShuffleNetBase,
-    batch_sizes: Sequence[int] = (1, 3),
-    tolerance: float = FP32_TOLERANCE,
-) -> Verification:
-    """Run ``path`` in OpenVINO's CPU plugin (fp32) and ``model`` in PyTorch on the same inputs.
-
-    Worth running beside :func:`verify_onnx`: runtimes rewrite graphs differently, and a file
-    that one computes right another may not (OpenVINO 2026.4 miscomputed a constant Gather that
-    feeds a depthwise conv feeding a 1x1 conv, which ONNX Runtime computes right).
-    """
-    compiled = openvino_model(path)
-    metadata = read_onnx_metadata(path)
-    shape = compiled.input(0).get_partial_shape()
-    height, width = shape[2].get_length(), shape[3].get_length()
-
-    def run(x: Tensor) -> Any:
-        return compiled(x.numpy())[0]
-
-    return compare_with_model(
-        model, run, "openvino", batch_sizes, metadata, (height, width), tolerance
-    )
-
-
-def _export(model: ShuffleNetBase, path: Path, options: ExportOptions) -> list[Path]:
-    return [
-        export_onnx(
-            model,
-            path,
-            opset=options.opset,
-            batch=options.batch,
-            input_size=options.input_size,
-            fastpath=options.fastpath,
-        )
-    ]
-
-
-def _verify(path: Path, model: ShuffleNetBase, options: ExportOptions) -> list[Verification]:
-    checks = [verify_onnx(path, model, options.batch_sizes)]
-    if has_openvino():
-        checks.append(verify_openvino(path, model, options.batch_sizes))
-    return checks
-
-
-ONNX = ExportFormat(
-    "ONNX, checked in ONNX Runtime and OpenVINO (if installed)",
-    _export,
-    _verify,
-    int8=True,
-    suffixes=(".onnx",),
-)

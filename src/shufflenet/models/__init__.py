@@ -7,7 +7,14 @@ and, where timm is installed, makes them timm models too (:mod:`.timm_interop`).
 from . import timm_interop, v1, v2, v2_large, v2_plus
 from .backbone import FeatureInfo, ShuffleNetFeatures
 from .base import AuxOutputs
-from .registry import ModelInfo, create_model, get_model_info, list_models, register_model
+from .registry import (
+    ModelInfo,
+    create_model,
+    get_model_info,
+    list_models,
+    register_model,
+    register_models,
+)
 
 __all__ = [
     "AuxOutputs",
@@ -18,6 +25,7 @@ __all__ = [
     "get_model_info",
     "list_models",
     "register_model",
+    "register_models",
     "v1",
     "v2",
     "v2_large",

@@ -1,10 +1,9 @@
 """Model names -> builders and the papers' numbers, like timm's ``create_model``/``list_models``.
 
-Each family module registers its models when :mod:`shufflenet.models` imports it, from a table
-whose rows name each model literally.
-
-Numbers from the papers live here and nowhere else: ``shufflenet models`` prints them and the
-tests assert the built networks against them.
+Each family module registers its models when :mod:`shufflenet.models` imports it, with one
+:func:`register_models` call whose rows are :class:`ModelInfo` records that spell each name
+out. Those rows are the one place of the papers' numbers: ``shufflenet models`` prints them, the
+tests assert the built networks against them, and builder docstrings do not repeat them.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ __all__ = [
     "get_model_info",
     "list_models",
     "register_model",
+    "register_models",
 ]
 
 
@@ -57,6 +57,11 @@ def register_model(info: ModelInfo) -> ModelInfo:
         raise ValueError(f"model {info.name!r} is already registered")
     _REGISTRY[info.name] = info
     return info
+
+
+def register_models(*infos: ModelInfo) -> tuple[ModelInfo, ...]:
+    """Add each of ``infos`` to the registry, in order; the family's table of models."""
+    return tuple(register_model(info) for info in infos)
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -8,13 +8,14 @@ Widths (:func:`v1_widths`) follow one rule. Stage 2 is ``Table 1 width x s`` rou
 nearest multiple of ``4 * groups`` (so the bottleneck, a quarter of it, splits into the groups),
 Stage 3 and 4 double it. Conv1 has 24 channels for 1x <= s < 2 and 48 from 2x; below 1x it has
 ``24 * s`` rounded up to a multiple of ``groups``, but no fewer than the largest multiple of
-``groups`` up to 12 (so 0.25x keeps the paper's ~13 MFLOPs). At 1x this is exactly Table 1,
+``groups`` up to 12 (so 0.25x keeps the paper's FLOPs). At 1x this is exactly Table 1,
 and for g=3 and g=8 at 0.5x/1.5x/2x it gives the official release's widths.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -29,7 +30,7 @@ from .base import (
     make_act,
 )
 from .ops import channel_shuffle
-from .registry import ModelInfo, register_model
+from .registry import ModelInfo, register_models
 
 __all__ = [
     "V1_LAYOUTS",
@@ -206,45 +207,72 @@ def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> Shuffle
     return ShuffleNetV1(groups, width_mult, **kwargs)
 
 
-# Every V1 model: name, groups, width multiplier, the paper's MFLOPs (Table 1 at 1x, Table 2 at
-# 0.5x/0.25x, Table 5 at 1.5x/2x with g=3) and top-1 error in % (Tables 2 and 5); None: not
-# reported.
-V1_MODELS: tuple[tuple[str, int, float, float | None, float | None], ...] = (
-    ("shufflenet_v1_g1_x0_25", 1, 0.25, 13, 57.1),
-    ("shufflenet_v1_g1_x0_5", 1, 0.5, 38, 45.1),
-    ("shufflenet_v1_g1_x1_0", 1, 1.0, 143, 33.6),
-    ("shufflenet_v1_g1_x1_5", 1, 1.5, None, None),
-    ("shufflenet_v1_g1_x2_0", 1, 2.0, None, None),
-    ("shufflenet_v1_g2_x0_25", 2, 0.25, 13, 56.8),
-    ("shufflenet_v1_g2_x0_5", 2, 0.5, 38, 44.4),
-    ("shufflenet_v1_g2_x1_0", 2, 1.0, 140, 32.7),
-    ("shufflenet_v1_g2_x1_5", 2, 1.5, None, None),
-    ("shufflenet_v1_g2_x2_0", 2, 2.0, None, None),
-    ("shufflenet_v1_g3_x0_25", 3, 0.25, 13, 55.0),
-    ("shufflenet_v1_g3_x0_5", 3, 0.5, 38, 43.2),
-    ("shufflenet_v1_g3_x1_0", 3, 1.0, 137, 32.6),
-    ("shufflenet_v1_g3_x1_5", 3, 1.5, 292, 28.5),
-    ("shufflenet_v1_g3_x2_0", 3, 2.0, 524, 26.3),
-    ("shufflenet_v1_g4_x0_25", 4, 0.25, 13, 54.2),
-    ("shufflenet_v1_g4_x0_5", 4, 0.5, 38, 41.6),
-    ("shufflenet_v1_g4_x1_0", 4, 1.0, 133, 32.8),
-    ("shufflenet_v1_g4_x1_5", 4, 1.5, None, None),
-    ("shufflenet_v1_g4_x2_0", 4, 2.0, None, None),
-    ("shufflenet_v1_g8_x0_25", 8, 0.25, 13, 52.7),
-    ("shufflenet_v1_g8_x0_5", 8, 0.5, 38, 42.3),
-    ("shufflenet_v1_g8_x1_0", 8, 1.0, 137, 32.4),
-    ("shufflenet_v1_g8_x1_5", 8, 1.5, None, None),
-    ("shufflenet_v1_g8_x2_0", 8, 2.0, None, None),
-)
+def _v1(groups: int, width_mult: float) -> Callable[..., ShuffleNetV1]:
+    """The builder of the V1 model with ``groups`` groups at width ``width_mult``."""
+    return partial(shufflenet_v1, groups, width_mult)
 
-for _name, _groups, _mult, _mflops, _err in V1_MODELS:
-    register_model(
-        ModelInfo(
-            name=_name,
-            family="v1",
-            builder=partial(shufflenet_v1, _groups, _mult),
-            description=f"ShuffleNet V1 {_mult}x, g={_groups}",
-            paper_mflops=_mflops,
-            paper_top1_err=_err,
-        )
-    )
+
+# Every V1 model: name, family, builder (groups, width multiplier), description, the paper's
+# MFLOPs (Table 1 at 1x, Table 2 at 0.5x/0.25x, Table 5 at 1.5x/2x with g=3), parameters (not
+# reported) and top-1 error in % (Tables 2 and 5); None: not reported.
+V1_MODELS = register_models(
+    ModelInfo(
+        "shufflenet_v1_g1_x0_25", "v1", _v1(1, 0.25), "ShuffleNet V1 0.25x, g=1", 13, None, 57.1
+    ),
+    ModelInfo(
+        "shufflenet_v1_g1_x0_5", "v1", _v1(1, 0.5), "ShuffleNet V1 0.5x, g=1", 38, None, 45.1
+    ),
+    ModelInfo(
+        "shufflenet_v1_g1_x1_0", "v1", _v1(1, 1.0), "ShuffleNet V1 1.0x, g=1", 143, None, 33.6
+    ),
+    ModelInfo("shufflenet_v1_g1_x1_5", "v1", _v1(1, 1.5), "ShuffleNet V1 1.5x, g=1"),
+    ModelInfo("shufflenet_v1_g1_x2_0", "v1", _v1(1, 2.0), "ShuffleNet V1 2.0x, g=1"),
+    ModelInfo(
+        "shufflenet_v1_g2_x0_25", "v1", _v1(2, 0.25), "ShuffleNet V1 0.25x, g=2", 13, None, 56.8
+    ),
+    ModelInfo(
+        "shufflenet_v1_g2_x0_5", "v1", _v1(2, 0.5), "ShuffleNet V1 0.5x, g=2", 38, None, 44.4
+    ),
+    ModelInfo(
+        "shufflenet_v1_g2_x1_0", "v1", _v1(2, 1.0), "ShuffleNet V1 1.0x, g=2", 140, None, 32.7
+    ),
+    ModelInfo("shufflenet_v1_g2_x1_5", "v1", _v1(2, 1.5), "ShuffleNet V1 1.5x, g=2"),
+    ModelInfo("shufflenet_v1_g2_x2_0", "v1", _v1(2, 2.0), "ShuffleNet V1 2.0x, g=2"),
+    ModelInfo(
+        "shufflenet_v1_g3_x0_25", "v1", _v1(3, 0.25), "ShuffleNet V1 0.25x, g=3", 13, None, 55.0
+    ),
+    ModelInfo(
+        "shufflenet_v1_g3_x0_5", "v1", _v1(3, 0.5), "ShuffleNet V1 0.5x, g=3", 38, None, 43.2
+    ),
+    ModelInfo(
+        "shufflenet_v1_g3_x1_0", "v1", _v1(3, 1.0), "ShuffleNet V1 1.0x, g=3", 137, None, 32.6
+    ),
+    ModelInfo(
+        "shufflenet_v1_g3_x1_5", "v1", _v1(3, 1.5), "ShuffleNet V1 1.5x, g=3", 292, None, 28.5
+    ),
+    ModelInfo(
+        "shufflenet_v1_g3_x2_0", "v1", _v1(3, 2.0), "ShuffleNet V1 2.0x, g=3", 524, None, 26.3
+    ),
+    ModelInfo(
+        "shufflenet_v1_g4_x0_25", "v1", _v1(4, 0.25), "ShuffleNet V1 0.25x, g=4", 13, None, 54.2
+    ),
+    ModelInfo(
+        "shufflenet_v1_g4_x0_5", "v1", _v1(4, 0.5), "ShuffleNet V1 0.5x, g=4", 38, None, 41.6
+    ),
+    ModelInfo(
+        "shufflenet_v1_g4_x1_0", "v1", _v1(4, 1.0), "ShuffleNet V1 1.0x, g=4", 133, None, 32.8
+    ),
+    ModelInfo("shufflenet_v1_g4_x1_5", "v1", _v1(4, 1.5), "ShuffleNet V1 1.5x, g=4"),
+    ModelInfo("shufflenet_v1_g4_x2_0", "v1", _v1(4, 2.0), "ShuffleNet V1 2.0x, g=4"),
+    ModelInfo(
+        "shufflenet_v1_g8_x0_25", "v1", _v1(8, 0.25), "ShuffleNet V1 0.25x, g=8", 13, None, 52.7
+    ),
+    ModelInfo(
+        "shufflenet_v1_g8_x0_5", "v1", _v1(8, 0.5), "ShuffleNet V1 0.5x, g=8", 38, None, 42.3
+    ),
+    ModelInfo(
+        "shufflenet_v1_g8_x1_0", "v1", _v1(8, 1.0), "ShuffleNet V1 1.0x, g=8", 137, None, 32.4
+    ),
+    ModelInfo("shufflenet_v1_g8_x1_5", "v1", _v1(8, 1.5), "ShuffleNet V1 1.5x, g=8"),
+    ModelInfo("shufflenet_v1_g8_x2_0", "v1", _v1(8, 2.0), "ShuffleNet V1 2.0x, g=8"),
+)

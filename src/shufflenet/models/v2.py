@@ -28,10 +28,11 @@ from .base import (
     make_act,
 )
 from .ops import channel_shuffle, channel_split, concat_shuffle
-from .registry import ModelInfo, register_model
+from .registry import ModelInfo, register_models
 
 __all__ = [
     "V2_LAYOUTS",
+    "V2_MODELS",
     "V2_WIDTHS",
     "InvertedResidual",
     "MegviiInvertedResidual",
@@ -99,7 +100,11 @@ class InvertedResidual(nn.Module):
 
     ``norm_layer`` and ``act_layer`` are the branches' layers (see :mod:`.base`); ``se_layer``,
     called with the branch width, ends the main branch (none in the paper's unit).
+    ``shuffle_free_form`` says whether :mod:`shufflenet.deploy.fastpath` can rewrite the unit
+    without its shuffle: the paper's branches can, a branch ending in ``se_layer`` cannot.
     """
+
+    shuffle_free_form: bool
 
     def __init__(
         self,
@@ -118,6 +123,7 @@ class InvertedResidual(nn.Module):
             self.branch1 = _projection_branch(in_channels, half, stride, norm_layer, act_layer)
         branch_in = in_channels if stride == 2 else half
         self.branch2 = _main_branch(branch_in, half, half, stride, norm_layer, act_layer, se_layer)
+        self.shuffle_free_form = se_layer is None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -238,42 +244,70 @@ def _v2(width: str, **kwargs) -> ShuffleNetV2:
 
 
 def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
-    """ShuffleNet V2 0.5x: 41 MFLOPs, 1.4M weights, 39.7% top-1 error (paper)."""
+    """ShuffleNet V2 0.5x (see :class:`ShuffleNetV2`)."""
     return _v2("0_5", **kwargs)
 
 
 def shufflenet_v2_x1_0(**kwargs) -> ShuffleNetV2:
-    """ShuffleNet V2 1x: 146 MFLOPs, 2.3M weights, 30.6% top-1 error (paper)."""
+    """ShuffleNet V2 1x (see :class:`ShuffleNetV2`)."""
     return _v2("1_0", **kwargs)
 
 
 def shufflenet_v2_x1_5(**kwargs) -> ShuffleNetV2:
-    """ShuffleNet V2 1.5x: 299 MFLOPs, 3.5M weights, 27.4% top-1 error (paper)."""
+    """ShuffleNet V2 1.5x (see :class:`ShuffleNetV2`)."""
     return _v2("1_5", **kwargs)
 
 
 def shufflenet_v2_x2_0(**kwargs) -> ShuffleNetV2:
-    """ShuffleNet V2 2x: 591 MFLOPs, 7.4M weights, 25.1% top-1 error (paper)."""
+    """ShuffleNet V2 2x (see :class:`ShuffleNetV2`)."""
     return _v2("2_0", **kwargs)
 
 
-# Table 5 / Table 8 of the paper, torchvision's published top-1 and its resize for each width.
-for _builder, _mflops, _params, _err, _tv_top1, _resize in (
-    (shufflenet_v2_x0_5, 41, 1.4, 39.7, 60.552, 256),
-    (shufflenet_v2_x1_0, 146, 2.3, 30.6, 69.362, 256),
-    (shufflenet_v2_x1_5, 299, 3.5, 27.4, 72.996, 232),
-    (shufflenet_v2_x2_0, 591, 7.4, 25.1, 76.230, 232),
-):
-    register_model(
-        ModelInfo(
-            name=_builder.__name__,
-            family="v2",
-            builder=_builder,
-            description=f"ShuffleNet V2 {_builder.__name__[-3:].replace('_', '.')}x",
-            paper_mflops=_mflops,
-            paper_params_m=_params,
-            paper_top1_err=_err,
-            reference_top1={"torchvision": _tv_top1},
-            preprocessing=Preprocessing(resize=_resize),
-        )
-    )
+# The paper's MFLOPs, parameters (M) and top-1 error in % (Table 5 / Table 8), torchvision's
+# published top-1 and its resize for each width.
+V2_MODELS = register_models(
+    ModelInfo(
+        "shufflenet_v2_x0_5",
+        "v2",
+        shufflenet_v2_x0_5,
+        "ShuffleNet V2 0.5x",
+        paper_mflops=41,
+        paper_params_m=1.4,
+        paper_top1_err=39.7,
+        reference_top1={"torchvision": 60.552},
+        preprocessing=Preprocessing(resize=256),
+    ),
+    ModelInfo(
+        "shufflenet_v2_x1_0",
+        "v2",
+        shufflenet_v2_x1_0,
+        "ShuffleNet V2 1.0x",
+        paper_mflops=146,
+        paper_params_m=2.3,
+        paper_top1_err=30.6,
+        reference_top1={"torchvision": 69.362},
+        preprocessing=Preprocessing(resize=256),
+    ),
+    ModelInfo(
+        "shufflenet_v2_x1_5",
+        "v2",
+        shufflenet_v2_x1_5,
+        "ShuffleNet V2 1.5x",
+        paper_mflops=299,
+        paper_params_m=3.5,
+        paper_top1_err=27.4,
+        reference_top1={"torchvision": 72.996},
+        preprocessing=Preprocessing(resize=232),
+    ),
+    ModelInfo(
+        "shufflenet_v2_x2_0",
+        "v2",
+        shufflenet_v2_x2_0,
+        "ShuffleNet V2 2.0x",
+        paper_mflops=591,
+        paper_params_m=7.4,
+        paper_top1_err=25.1,
+        reference_top1={"torchvision": 76.230},
+        preprocessing=Preprocessing(resize=232),
+    ),
+)

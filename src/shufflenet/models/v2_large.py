@@ -4,8 +4,7 @@ built on :class:`ShuffleNetBase`.
 A deep, wide V2 with residual units and squeeze-excitation: a three-conv stem (64, 64, 128) and
 max-pool, four stages ``stage2``..``stage5`` of 10, 10, 23 and 10 units (outputs 256, 512, 1024
 and 2048 channels at strides 4 to 32), a 3x3 conv to 1280 and the classifier (with bias, dropout
-0.2). The paper reports 18.56% top-1 error at 12.7 GFLOPs; Megvii's release reached 81.44%
-top-1 (18.56% error).
+0.2).
 
 In training mode three auxiliary classifiers, after ``stage2``, ``stage3`` and ``stage4``, add
 their losses with weights 0.7 (after ``stage4``), 0.5 and 0.3 (after ``stage2``) to the main
@@ -37,9 +36,10 @@ from .base import (
     make_act,
     megvii_init,
 )
-from .registry import ModelInfo, register_model
+from .registry import ModelInfo, register_models
 
 __all__ = [
+    "V2_LARGE_MODELS",
     "V2_LARGE_REPEATS",
     "V2_LARGE_WIDTHS",
     "AuxHead",
@@ -178,7 +178,7 @@ class ShuffleNetV2Large(ShuffleNetBase):
         in_chans: input channels.
         drop_rate: dropout before the classifier (0.2 in the release).
         aux_logits: build the auxiliary classifiers after ``stage2``..``stage4`` (used in
-            training mode only; ``False`` drops them and their 15.6M parameters).
+            training mode only; ``False`` drops them and their parameters).
         stages_repeats: units per stage (the first of each has the projection).
         stages_widths: the branch width of each stage (units output twice as many channels).
     """
@@ -287,25 +287,22 @@ class ShuffleNetV2Large(ShuffleNetBase):
 
 
 def shufflenet_v2_large(**kwargs) -> ShuffleNetV2Large:
-    """SE-ShuffleNet v2-164 (ShuffleNetV2.Large): 12.7 GFLOPs, 18.56% top-1 error (paper);
-    Megvii's release reached 81.44% top-1. ``aux_logits=False`` drops the auxiliary heads."""
+    """SE-ShuffleNet v2-164 (ShuffleNetV2.Large; see :class:`ShuffleNetV2Large`).
+    ``aux_logits=False`` drops the auxiliary heads."""
     return ShuffleNetV2Large(**kwargs)
 
 
-# The V2 paper's Table 8 (GFLOPs, top-1 error); parameters without the auxiliary heads, as
-# in deployment (with them: 140.685664M).
-for _name, _builder, _mflops, _params, _err in (
-    ("shufflenet_v2_large", shufflenet_v2_large, 12700.0, 125.120936, 18.56),
-):
-    register_model(
-        ModelInfo(
-            name=_name,
-            family="v2_large",
-            builder=_builder,
-            description="SE-ShuffleNet v2-164 (ShuffleNetV2.Large)",
-            paper_mflops=_mflops,
-            paper_params_m=_params,
-            paper_top1_err=_err,
-            preprocessing=MEGVII_PREPROCESSING,
-        )
-    )
+# The V2 paper's Table 8 (FLOPs, top-1 error in %; Megvii's release reached the same
+# error); parameters (M) without the auxiliary heads, as in deployment (with them: 140.685664M).
+V2_LARGE_MODELS = register_models(
+    ModelInfo(
+        "shufflenet_v2_large",
+        "v2_large",
+        shufflenet_v2_large,
+        "SE-ShuffleNet v2-164 (ShuffleNetV2.Large)",
+        paper_mflops=12700.0,
+        paper_params_m=125.120936,
+        paper_top1_err=18.56,
+        preprocessing=MEGVII_PREPROCESSING,
+    ),
+)

@@ -30,10 +30,11 @@ from .base import (
     make_act,
     megvii_init,
 )
-from .registry import ModelInfo, register_model
+from .registry import ModelInfo, register_models
 
 __all__ = [
     "V2_PLUS_BLOCKS",
+    "V2_PLUS_MODELS",
     "V2_PLUS_WIDTHS",
     "ShuffleNetV2Plus",
     "ShufflePlusUnit",
@@ -236,35 +237,50 @@ class ShuffleNetV2Plus(ShuffleNetBase):
 
 
 def shufflenet_v2_plus_small(**kwargs) -> ShuffleNetV2Plus:
-    """ShuffleNetV2+ Small: 156 MFLOPs, 5.1M weights, 25.9% top-1 error (Megvii's release)."""
+    """ShuffleNetV2+ Small (see :class:`ShuffleNetV2Plus`)."""
     return ShuffleNetV2Plus(V2_PLUS_WIDTHS["small"], **kwargs)
 
 
 def shufflenet_v2_plus_medium(**kwargs) -> ShuffleNetV2Plus:
-    """ShuffleNetV2+ Medium: 222 MFLOPs, 5.7M weights, 24.3% top-1 error (Megvii's release)."""
+    """ShuffleNetV2+ Medium (see :class:`ShuffleNetV2Plus`)."""
     return ShuffleNetV2Plus(V2_PLUS_WIDTHS["medium"], **kwargs)
 
 
 def shufflenet_v2_plus_large(**kwargs) -> ShuffleNetV2Plus:
-    """ShuffleNetV2+ Large: 360 MFLOPs, 6.8M weights, 22.9% top-1 error (Megvii's release)."""
+    """ShuffleNetV2+ Large (see :class:`ShuffleNetV2Plus`)."""
     return ShuffleNetV2Plus(V2_PLUS_WIDTHS["large"], **kwargs)
 
 
-# Megvii's release: conv + FC multiply-adds at 224x224, parameters, top-1 error.
-for _name, _builder, _size, _mflops, _params, _err in (
-    ("shufflenet_v2_plus_small", shufflenet_v2_plus_small, "Small", 155.8, 5.137116, 25.9),
-    ("shufflenet_v2_plus_medium", shufflenet_v2_plus_medium, "Medium", 222.2, 5.679840, 24.3),
-    ("shufflenet_v2_plus_large", shufflenet_v2_plus_large, "Large", 360.1, 6.768220, 22.9),
-):
-    register_model(
-        ModelInfo(
-            name=_name,
-            family="v2_plus",
-            builder=_builder,
-            description=f"ShuffleNetV2+ {_size}",
-            paper_mflops=_mflops,
-            paper_params_m=_params,
-            paper_top1_err=_err,
-            preprocessing=MEGVII_PREPROCESSING,
-        )
-    )
+# Megvii's release: conv + FC multiply-adds at 224x224 (M), parameters (M), top-1 error in %.
+V2_PLUS_MODELS = register_models(
+    ModelInfo(
+        "shufflenet_v2_plus_small",
+        "v2_plus",
+        shufflenet_v2_plus_small,
+        "ShuffleNetV2+ Small",
+        paper_mflops=155.8,
+        paper_params_m=5.137116,
+        paper_top1_err=25.9,
+        preprocessing=MEGVII_PREPROCESSING,
+    ),
+    ModelInfo(
+        "shufflenet_v2_plus_medium",
+        "v2_plus",
+        shufflenet_v2_plus_medium,
+        "ShuffleNetV2+ Medium",
+        paper_mflops=222.2,
+        paper_params_m=5.679840,
+        paper_top1_err=24.3,
+        preprocessing=MEGVII_PREPROCESSING,
+    ),
+    ModelInfo(
+        "shufflenet_v2_plus_large",
+        "v2_plus",
+        shufflenet_v2_plus_large,
+        "ShuffleNetV2+ Large",
+        paper_mflops=360.1,
+        paper_params_m=6.768220,
+        paper_top1_err=22.9,
+        preprocessing=MEGVII_PREPROCESSING,
+    ),
+)

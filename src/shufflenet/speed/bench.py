@@ -44,6 +44,7 @@ __all__ = [
     "BenchConfig",
     "BenchRecord",
     "BenchResult",
+    "SpeedResult",
     "machine_info",
     "run_bench",
 ]
@@ -135,15 +136,22 @@ class BenchRecord:
 
 
 @dataclass
-class BenchResult:
-    """Records plus the machine and settings they came from."""
+class SpeedResult:
+    """Measurements with the machine (:func:`machine_info`) and the settings they came from;
+    ``bench`` and ``guidelines`` add their rows."""
 
     machine: dict[str, Any]
     config: dict[str, Any]
-    records: list[BenchRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class BenchResult(SpeedResult):
+    """The bench's records."""
+
+    records: list[BenchRecord] = field(default_factory=list)
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResult:

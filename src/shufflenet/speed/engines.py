@@ -1,23 +1,27 @@
-"""The bench engines: :data:`ENGINES` maps each name to how it runs a model.
+"""The bench engines: :data:`ENGINES` maps each name to how it runs a model and how it is timed.
 
 An *engine* turns a model into something that runs a batch: ``eager`` PyTorch,
 ``channels_last`` (NHWC memory format), ``compile`` (``torch.compile``), ``optimized``
-(:func:`shufflenet.deploy.optimize`), ``onnxruntime`` (the model's ONNX export run by ONNX
-Runtime with all graph optimisations on and the thread count set, as a user would run it) and
-``openvino`` when that package is installed; the ``*_fast`` engines run our shuffle-free graph
-(:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's layout. ``litert``,
-``executorch`` and ``mnn`` (:class:`EdgeEngine`, where their packages are installed) run a file
-converted as the edge exports convert ours, at the fixed batch timed. ``auto``
-(:func:`resolve_engine`) is the fastest engine installed for the device (:data:`AUTO_ORDER`).
-Compiling engines compile for an input shape when bound to it, untimed.
+(:func:`shufflenet.deploy.optimize`) (:class:`TorchEngine`, timed in this process); or a file
+converted for a runtime and run there (:class:`RuntimeEngine`): ``onnxruntime`` (the model's ONNX
+export run by ONNX Runtime with all graph optimisations on and the thread count set, as a user
+would run it), ``openvino`` when that package is installed, and one engine per runtime of a
+fixed-batch export format (:data:`~shufflenet.export.RUNTIMES`: LiteRT, ...), converted as their
+exports convert ours, at the fixed batch timed. The ``*_fast`` engines and the fixed-batch ones
+run our shuffle-free graph (:func:`shufflenet.deploy.fastpath.fast_model`) in that runtime's
+layout. ``auto`` (:func:`resolve_engine`) is the fastest engine installed for the device
+(:data:`AUTO_ORDER`). Compiling engines compile for an input shape when bound to it, untimed.
 
-Before it is timed, every runner's output is checked against the model in eager PyTorch
-(:mod:`shufflenet.speed.checks`). The models timed with one engine are interleaved
-(:func:`shufflenet.timer.measure`); ONNX Runtime on the CPU and the edge runtimes run in a
-process of their own, one per engine (:mod:`shufflenet.speed.ort_worker`).
+Each engine times itself (:meth:`EngineSpec.time`). Before it is timed, every runner's output is
+checked against the model in eager PyTorch (:mod:`shufflenet.speed.checks`). The models timed
+with one engine are interleaved (:func:`shufflenet.timer.measure`); a runtime that asks for a
+process of its own (ONNX Runtime and the edge runtimes, on the CPU) is timed in one, one per
+engine (:mod:`shufflenet.speed.worker`).
 
-To add an engine, write a function that binds a model (:class:`TorchEngine`) or an ONNX file
-(:class:`OnnxEngine`) and returns a :data:`Binder`, and add its row to :data:`ENGINES`.
+To add an engine, write a function that binds a model and returns a :data:`Binder`, and add its
+``TorchEngine(run=...)`` row to :data:`ENGINES`; an engine of another kind is an
+:class:`EngineSpec` subclass with its own ``bind`` (and ``time``, if it is not timed in this
+process). A runtime-backed export format brings its engine with its runtime.
 """
 
 from __future__ import annotations
@@ -27,30 +31,27 @@ import copy
 import functools
 import importlib.metadata
 import importlib.util
-import operator
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..deploy import optimize
-from ..deploy.fastpath import ONNXRUNTIME, OPENVINO, FastPathOptions, fast_model, fastpath_support
+from ..deploy.fastpath import ONNXRUNTIME, OPENVINO, FastPathOptions
 from ..device import resolve_device
-from ..export.edge import EDGE_LAYOUT
-from ..export.mnn import MNN_LAYOUT
-from ..export.onnx import plain_graph, to_onnx
-from ..models.base import ShuffleNetBase
-from ..runtimes import openvino_model, ort_session
+from ..export.formats import RUNTIMES
+from ..export.onnx_format import ONNXRUNTIME_RUNTIME, OPENVINO_RUNTIME
+from ..export.runtime import OpenedModel, Runtime
 from ..timer import TimedRun, Timing, measure
 from .checks import check_output, runner_label
-from .ort_worker import OPENERS, measure_in_process
+from .worker import measure_in_process
 
 __all__ = [
     "AUTO",
@@ -58,15 +59,16 @@ __all__ = [
     "ENGINES",
     "SCRATCH_PREFIX",
     "Binder",
-    "EdgeEngine",
     "EngineSpec",
-    "OnnxEngine",
+    "RuntimeEngine",
+    "Task",
     "TorchEngine",
     "available_engines",
     "engine_spec",
     "engine_version",
     "make_engine",
     "resolve_engine",
+    "runtime_engine",
     "scratch_folder",
     "time_engine",
 ]
@@ -84,10 +86,29 @@ def scratch_folder(workdir: Workdir = None) -> Iterator[Path]:
         yield Path(folder)
 
 
+@dataclass(frozen=True)
+class Task(Generic[K]):
+    """What :func:`time_engine` asks an engine to time: ``models`` (each exported at its
+    ``examples`` input), the ``jobs`` (key -> input batch) and each job's ``expected`` outputs
+    (eager PyTorch's), on ``device`` with ``threads``, ``runs`` timed after ``warmup``; files go
+    into ``workdir``, removed afterwards."""
+
+    engine: str
+    models: Mapping[K, nn.Module]
+    examples: Mapping[K, Tensor]
+    jobs: Sequence[Mapping[K, Tensor]]
+    expected: Sequence[Mapping[K, np.ndarray]]
+    device: torch.device
+    threads: int | None
+    runs: int
+    warmup: int
+    workdir: Path
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineSpec(abc.ABC):
-    """What every engine states: the device types it runs on, a package it needs that may be
-    missing, whether it runs our shuffle-free graph."""
+    """What every engine states (the device types it runs on, a package it needs that may be
+    missing, whether it runs our shuffle-free graph) and does: bind a model, time models."""
 
     devices: tuple[str, ...] = ("cpu", "cuda")
     package: str | None = None
@@ -103,6 +124,23 @@ class EngineSpec(abc.ABC):
         workdir: Workdir,
     ) -> Binder:
         """``model`` prepared for this engine on ``device`` (see :func:`make_engine`)."""
+
+    def time(self, task: Task[K]) -> list[dict[K, Timing]]:
+        """``task`` timed here, in this process: each model bound once, each runner's output
+        checked, the runners of a job interleaved."""
+        binders = {
+            key: self.bind(m, task.examples[key], task.device, task.threads, task.workdir)
+            for key, m in task.models.items()
+        }
+        results = []
+        for job, wanted in zip(task.jobs, task.expected, strict=True):
+            with torch.inference_mode():
+                runners = {key: binders[key](x) for key, x in job.items()}
+                for key, runner in runners.items():
+                    label = runner_label(key)
+                    check_output(task.engine, label, runner.output(), wanted[key], task.device.type)
+                results.append(measure(runners, runs=task.runs, warmup=task.warmup))
+        return results
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,75 +161,29 @@ class TorchEngine(EngineSpec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class OnnxEngine(EngineSpec):
-    """An engine that runs the model's ONNX export: ``run(onnx_file, device, threads)``.
-
-    With a ``layout``, V1 and V2 models are exported shuffle-free in it (other models as they
-    are). ``ort_worker``: on the CPU, timed in the ONNX Runtime process of
-    :func:`~shufflenet.speed.ort_worker.measure_in_process`.
+class RuntimeEngine(EngineSpec):
+    """An engine that runs a file converted for ``runtime``, opened with its ``load``: our
+    models as their exports convert them (:meth:`~shufflenet.export.runtime.Runtime.graph`:
+    shuffle-free in ``layout``, or the plain BN-folded graph for ``layout`` None or a model
+    without a fast path), any other model (torchvision's) as it is. A fixed-batch runtime gets
+    a file per input shape. On the CPU, a runtime that asks for a process of its own is timed
+    in one (:func:`~shufflenet.speed.worker.measure_in_process`), which opens the files with
+    the same runtime: :func:`runtime_engine` makes one.
     """
 
-    run: Callable[[Path, torch.device, int | None], Binder]
+    runtime: Runtime
     layout: FastPathOptions | None = None
-    ort_worker: bool = False
-
-    def export(self, model: nn.Module, example: Tensor, folder: str | os.PathLike[str]) -> Path:
-        """The ONNX file this engine runs, traced on ``example``, in a sub-folder of ``folder``."""
-        if self.layout is not None and fastpath_support(model) is None:
-            model = fast_model(model, self.layout)
-        path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder)) / "model.onnx"
-        path.write_bytes(to_onnx(model.eval(), example))
-        return path
-
-    def bind(
-        self,
-        model: nn.Module,
-        example: Tensor,
-        device: torch.device,
-        threads: int | None,
-        workdir: Workdir,
-    ) -> Binder:
-        # the runtimes read the whole file when they open it: it is removed at once
-        with scratch_folder(workdir) as folder:
-            return self.run(self.export(model, example, folder), device, threads)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EdgeEngine(EngineSpec):
-    """An engine that runs a file converted for an edge runtime (``runtime``, one of
-    :data:`~shufflenet.speed.ort_worker.OPENERS`), on the CPU.
-
-    Our models are converted as their edge export converts them: the shuffle-free graph in
-    ``layout`` (the plain BN-folded one for models without a fast path), then ``rewrite`` (the
-    runtime's rewrites that keep the graph in XNNPACK); any other model (torchvision's) by
-    ``convert`` alone. The file's batch is the input's, fixed.
-    """
-
-    runtime: str
-    convert: Callable[[nn.Module, Tensor, Path], Path]  # writes the file at the Path given
-    rewrite: Callable[[nn.Module, Tensor], nn.Module] | None = None
-    layout: FastPathOptions = EDGE_LAYOUT
-    devices: tuple[str, ...] = ("cpu",)
-    shuffle_free: bool = True
 
     def graph(self, model: nn.Module, example: Tensor) -> nn.Module:
-        """The module this engine converts for ``example``'s shape (the input of ``convert``,
-        and of an int8 converter)."""
-        module = model.eval()
-        if isinstance(model, ShuffleNetBase):
-            if fastpath_support(model) is None:
-                module = fast_model(model, self.layout).eval()
-            else:
-                module = plain_graph(model, (example.shape[2], example.shape[3]))
-            if self.rewrite is not None:
-                module = self.rewrite(module, example)
-        return module
+        """The module this engine converts for ``example``'s shape (the input of the runtime's
+        ``convert``, and of an int8 converter)."""
+        return self.runtime.graph(model, example, self.layout)[0]
 
     def export(self, model: nn.Module, example: Tensor, folder: str | os.PathLike[str]) -> Path:
         """The file this engine runs, for ``example``'s shape, in a sub-folder of ``folder``."""
         example = example.detach().cpu()
         fresh = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
-        return self.convert(self.graph(model, example), example, fresh)
+        return self.runtime.convert(self.graph(model, example), example, fresh)
 
     def bind(
         self,
@@ -201,25 +193,71 @@ class EdgeEngine(EngineSpec):
         threads: int | None,
         workdir: Workdir,
     ) -> Binder:
-        opened: dict[tuple[int, ...], Callable[[np.ndarray], Callable[[], object]]] = {}
-        # the files live as long as the binder (a runtime may map its file)
-        scratch = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=workdir)
+        opened: dict[tuple[int, ...], OpenedModel] = {}
 
         def bind(x: Tensor) -> TimedRun:
-            shape = tuple(x.shape)  # a file per input shape: its batch is fixed
+            shape = tuple(x.shape) if self.runtime.fixed_batch else ()
             if shape not in opened:
-                path = self.export(model, x, scratch.name)
-                opened[shape] = OPENERS[self.runtime](str(path), threads)
-            return TimedRun(opened[shape](x.detach().cpu().numpy()))
+                # a runtime reads the whole file when it loads it: it is removed at once
+                with scratch_folder(workdir) as folder:
+                    path = self.export(model, x if shape else example, folder)
+                    opened[shape] = self.runtime.load(path, threads, str(device))
+            feed = opened[shape].inputs(x.detach().cpu())
+            return TimedRun(functools.partial(opened[shape].run, feed))
 
         return bind
+
+    def time(self, task: Task[K]) -> list[dict[K, Timing]]:
+        """In this process, or on the CPU in the runtime's own process where it asks for one:
+        a file per model (and input shape, for a fixed batch), each input saved once."""
+        if not (self.runtime.own_process and task.device.type == "cpu"):
+            return super().time(task)
+
+        def shape(x: Tensor) -> tuple[int, ...]:  # a file per input shape for a fixed batch
+            return tuple(x.shape) if self.runtime.fixed_batch else ()
+
+        files: dict[tuple[K, tuple[int, ...]], str] = {}
+        arrays: dict[int, np.ndarray] = {}  # one array per tensor
+        for job in task.jobs:
+            for key, x in job.items():
+                if (key, shape(x)) not in files:
+                    source = x if shape(x) else task.examples[key]
+                    files[key, shape(x)] = str(self.export(task.models[key], source, task.workdir))
+                arrays.setdefault(id(x), x.numpy())
+        file_jobs = [
+            {key: (files[key, shape(x)], arrays[id(x)]) for key, x in job.items()}
+            for job in task.jobs
+        ]
+        return measure_in_process(
+            self.runtime.name,
+            file_jobs,
+            threads=task.threads,
+            runs=task.runs,
+            warmup=task.warmup,
+            expected=task.expected,
+        )
+
+
+def runtime_engine(runtime: Runtime, layout: FastPathOptions | None = None) -> RuntimeEngine:
+    """The engine that times ``runtime``'s files of our models converted in ``layout`` (None:
+    the plain graph), on the devices it runs on, available where its package is installed. A
+    runtime timed in a process of its own must be a row of :data:`~shufflenet.export.RUNTIMES`
+    (the process finds it there)."""
+    if runtime.own_process and RUNTIMES.get(runtime.name) is not runtime:
+        raise ValueError(
+            f"runtime {runtime.name!r} is timed in its own process: add it to RUNTIMES"
+        )
+    return RuntimeEngine(
+        runtime=runtime,
+        layout=layout,
+        devices=runtime.devices,
+        package=runtime.package,
+        shuffle_free=layout is not None,
+    )
 
 
 def _torch_output(out: Tensor) -> np.ndarray:
     return out.detach().float().cpu().numpy()
-
-
-_only_output = operator.itemgetter(0)  # of ONNX Runtime's list, of OpenVINO's result dict
 
 
 def _compile_for(fn: Callable[[Tensor], object], x: Tensor) -> None:
@@ -263,64 +301,6 @@ def _optimized(
     return bind
 
 
-def _onnxruntime(onnx_file: Path, device: torch.device, threads: int | None) -> Binder:
-    if device.index:  # ONNX Runtime's CUDA provider runs on the first GPU
-        raise ValueError(f"the onnxruntime engine runs on cpu or cuda:0, got device {device}")
-    session = ort_session(onnx_file, threads, device=device.type)
-    input_name = session.get_inputs()[0].name
-
-    def bind(x: Tensor) -> TimedRun:
-        feed = {input_name: x.detach().cpu().numpy()}
-        return TimedRun(lambda: session.run(None, feed), to_numpy=_only_output)
-
-    return bind
-
-
-def _openvino(onnx_file: Path, device: torch.device, threads: int | None) -> Binder:
-    request = openvino_model(onnx_file, threads, latency=True).create_infer_request()
-
-    def bind(x: Tensor) -> TimedRun:
-        data = x.detach().cpu().numpy()
-        run = functools.partial(request.infer, {0: data}, share_inputs=True)
-        return TimedRun(run, to_numpy=_only_output)
-
-    return bind
-
-
-def _tflite(module: nn.Module, example: Tensor, folder: Path) -> Path:
-    from ..export.litert import to_tflite
-
-    path = folder / "model.tflite"
-    path.write_bytes(to_tflite(module, example))  # takes NHWC images
-    return path
-
-
-def _pte(module: nn.Module, example: Tensor, folder: Path) -> Path:
-    from ..export.executorch import to_pte
-
-    path = folder / "model.pte"
-    path.write_bytes(to_pte(module, example))
-    return path
-
-
-def _mnn(module: nn.Module, example: Tensor, folder: Path) -> Path:
-    from ..export.mnn import convert_onnx_to_mnn
-
-    return convert_onnx_to_mnn(to_onnx(module, example, dynamic_batch=False), folder / "m.mnn")
-
-
-def _strided_splits_as_slices(module: nn.Module, example: Tensor) -> nn.Module:
-    from ..export.xnnpack import strided_splits_as_slices
-
-    return strided_splits_as_slices(module, example)
-
-
-def _xnnpack_graph(module: nn.Module, example: Tensor) -> nn.Module:
-    from ..export.xnnpack import xnnpack_graph
-
-    return xnnpack_graph(module, example)
-
-
 ENGINES: dict[str, EngineSpec] = {
     "eager": TorchEngine(run=_pytorch),
     "channels_last": TorchEngine(run=functools.partial(_pytorch, channels_last=True)),
@@ -331,36 +311,22 @@ ENGINES: dict[str, EngineSpec] = {
     "optimized_jit": TorchEngine(
         run=functools.partial(_optimized, backend="jit"), devices=("cpu",), shuffle_free=True
     ),
-    "onnxruntime": OnnxEngine(run=_onnxruntime, package="onnxruntime", ort_worker=True),
-    "onnxruntime_fast": OnnxEngine(
-        run=_onnxruntime,
-        layout=ONNXRUNTIME,
-        package="onnxruntime",
-        ort_worker=True,
-        shuffle_free=True,
-    ),
-    "openvino": OnnxEngine(run=_openvino, devices=("cpu",), package="openvino"),
-    "openvino_fast": OnnxEngine(  # fp32, in OpenVINO's layout
-        run=_openvino, layout=OPENVINO, devices=("cpu",), package="openvino", shuffle_free=True
-    ),
-    # the edge exports' converters and runtimes (export/litert.py, executorch.py, mnn.py)
-    "litert": EdgeEngine(
-        runtime="litert",
-        convert=_tflite,
-        rewrite=_strided_splits_as_slices,
-        package="litert_torch",
-    ),
-    "executorch": EdgeEngine(
-        runtime="executorch", convert=_pte, rewrite=_xnnpack_graph, package="executorch"
-    ),
-    "mnn": EdgeEngine(runtime="mnn", convert=_mnn, layout=MNN_LAYOUT, package="MNN"),
+    "onnxruntime": runtime_engine(ONNXRUNTIME_RUNTIME),
+    "onnxruntime_fast": runtime_engine(ONNXRUNTIME_RUNTIME, ONNXRUNTIME),
+    "openvino": runtime_engine(OPENVINO_RUNTIME),
+    "openvino_fast": runtime_engine(OPENVINO_RUNTIME, OPENVINO),  # fp32, in OpenVINO's layout
+    # each fixed-batch export format's runtime, converting ours as its export does
+    **{
+        name: runtime_engine(runtime, runtime.layout)
+        for name, runtime in RUNTIMES.items()
+        if runtime.fixed_batch
+    },
 }
 
 AUTO = "auto"
-# What ``auto`` runs: per device type, the engines fastest first, the first installed one
-# chosen. Measured (benchmarks/results/cpu_inference_1.json, V2 1x at 224 px, batch 1, 2 AVX2
-# threads): ONNX Runtime on our export 5.6 ms, OpenVINO 6.4 ms, deploy.optimize 12.4 ms, eager
-# torchvision 28 ms; on CUDA eager PyTorch (cuDNN) is the engine that needs no compiling.
+# What ``auto`` runs: per device type, the engines fastest first as measured
+# (benchmarks/results/cpu_inference_1.json), the first installed one chosen; on CUDA eager
+# PyTorch (cuDNN) is the engine that needs no compiling.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("onnxruntime", "eager"), "cuda": ("eager",)}
 
 
@@ -427,10 +393,10 @@ def make_engine(
 ) -> Binder:
     """Prepare ``model`` for ``engine``; the result binds an input and returns a timed run.
 
-    ``model`` stays unchanged on the CPU. ``example`` (on the CPU) fixes the input layout of an
-    ONNX export, written into a temporary folder of ``workdir`` (default: the system's) and
-    removed once the runtime has read it; the edge engines' files stay until the binder is
-    garbage collected.
+    ``model`` stays unchanged on the CPU. ``example`` (on the CPU) fixes the input layout of a
+    free-batch runtime's file (a fixed-batch runtime gets one per input shape bound), written
+    into a temporary folder of ``workdir`` (default: the system's) and removed once the runtime
+    has loaded it.
     """
     spec = engine_spec(engine, device)
     return spec.bind(model, example, resolve_device(device), threads, workdir)
@@ -458,63 +424,22 @@ def time_engine(
     """
     engine = resolve_engine(engine, device)
     spec = engine_spec(engine, device)
-    with scratch_folder(workdir) as folder:
-        return _time_engine(
-            engine, spec, models, examples, jobs, device, threads, runs, warmup, folder
-        )
-
-
-def _time_engine(
-    engine: str,
-    spec: EngineSpec,
-    models: Mapping[K, nn.Module],
-    examples: Mapping[K, Tensor],
-    jobs: Sequence[Mapping[K, Tensor]],
-    device: str,
-    threads: int | None,
-    runs: int,
-    warmup: int,
-    workdir: Path,
-) -> list[dict[K, Timing]]:
-    kind = resolve_device(device).type
     with torch.inference_mode():
         expected = [
             {key: _torch_output(models[key].eval()(x.cpu())) for key, x in job.items()}
             for job in jobs
         ]
-    if isinstance(spec, OnnxEngine | EdgeEngine) and kind == "cpu":  # one array per tensor
-        arrays = {id(x): x.numpy() for job in jobs for x in job.values()}
-    if isinstance(spec, OnnxEngine) and spec.ort_worker and kind == "cpu":
-        files = {key: str(spec.export(m, examples[key], workdir)) for key, m in models.items()}
-        ort_jobs = [{key: (files[key], arrays[id(x)]) for key, x in job.items()} for job in jobs]
-        return measure_in_process(
-            "onnxruntime", ort_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
+    with scratch_folder(workdir) as folder:
+        task = Task(
+            engine,
+            models,
+            examples,
+            jobs,
+            expected,
+            resolve_device(device),
+            threads,
+            runs,
+            warmup,
+            folder,
         )
-    if isinstance(spec, EdgeEngine):  # a file per model and input shape (its batch is fixed)
-        edge_files: dict[tuple[K, tuple[int, ...]], str] = {}
-        for job in jobs:
-            for key, x in job.items():
-                if (key, tuple(x.shape)) not in edge_files:
-                    path = spec.export(models[key], x, workdir)
-                    edge_files[key, tuple(x.shape)] = str(path)
-        edge_jobs = [
-            {key: (edge_files[key, tuple(x.shape)], arrays[id(x)]) for key, x in job.items()}
-            for job in jobs
-        ]
-        return measure_in_process(
-            spec.runtime, edge_jobs, threads=threads, runs=runs, warmup=warmup, expected=expected
-        )
-    binders = {
-        key: make_engine(
-            m, engine, example=examples[key], device=device, threads=threads, workdir=workdir
-        )
-        for key, m in models.items()
-    }
-    results = []
-    for job, wanted in zip(jobs, expected, strict=True):
-        with torch.inference_mode():
-            runners = {key: binders[key](x) for key, x in job.items()}
-            for key, runner in runners.items():
-                check_output(engine, runner_label(key), runner.output(), wanted[key], kind)
-            results.append(measure(runners, runs=runs, warmup=warmup))
-    return results
+        return spec.time(task)

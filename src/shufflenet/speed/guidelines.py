@@ -25,7 +25,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +33,7 @@ from ..complexity import profile
 from ..device import resolve_device, torch_threads
 from ..io import atomic_path
 from ..limits import check_batch, check_timing
-from .bench import machine_info
+from .bench import SpeedResult, machine_info
 from .engines import AUTO, engine_spec, resolve_engine, time_engine
 
 __all__ = [
@@ -315,15 +314,10 @@ class TableResult:
 
 
 @dataclass
-class GuidelineResult:
-    """All tables with the machine and settings they were measured with."""
+class GuidelineResult(SpeedResult):
+    """The measured tables."""
 
-    machine: dict[str, Any]
-    config: dict[str, Any]
     tables: list[TableResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def run_guidelines(

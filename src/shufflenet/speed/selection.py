@@ -77,8 +77,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-# Default candidates stay in the mobile range: SE-ShuffleNet v2-164 (12.7 GFLOPs) takes seconds
-# per image on a CPU and is only timed when named.
+# Default candidates stay in the mobile range: SE-ShuffleNet v2-164 takes seconds per image on
+# a CPU and is only timed when named.
 MOBILE_MFLOPS = 1000.0
 
 

@@ -3,7 +3,9 @@
 **Recipe** (V1 paper and the official release): SGD with momentum 0.9 and Nesterov off, a
 linear warm-up then linear decay to 0 per step (cosine optional), weight decay 4e-5 on
 convolution and linear weights only (not on BN parameters or biases), label smoothing 0.1, and
-an optional pass that re-estimates the BN statistics at the end.
+an optional pass that re-estimates the BN statistics at the end. ``optimizer`` and ``schedule``
+name rows of :data:`~shufflenet.train.schedule.OPTIMIZERS` and
+:data:`~shufflenet.train.schedule.SCHEDULES`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from ..limits import MAX_THREADS
 from ..models import get_model_info
 from ..preprocessing import check_input_size
 from .files import RunFiles, read_checkpoint
+from .schedule import OPTIMIZERS, SCHEDULES
 
 __all__ = [
-    "SCHEDULES",
     "TrainConfig",
     "check_resume_classes",
     "checkpoint_to_resume",
@@ -32,7 +34,6 @@ __all__ = [
     "recipe_differences",
 ]
 
-SCHEDULES = ("linear", "cosine")
 # Fields that may change when a run is resumed; every other field is the recipe.
 # Settings that change how a run computes, not what: a resumed run may change them.
 RUNTIME_FIELDS = ("out", "device", "workers", "threads", "progress", "resume", "fast", "compile")
@@ -58,7 +59,7 @@ class TrainConfig:
     ``threads`` sets PyTorch's CPU threads for the run; ``None`` on CPU means
     :func:`shufflenet.device.idle_threads` (the checkpoint records the number, so a CLI resume
     reuses it). ``limit_train_batches`` caps the batches per epoch (quick trials).
-    ``fast`` trains the shuffle-free form of V1 and V2 (:func:`shufflenet.deploy.train_model`,
+    ``fast`` trains the shuffle-free form of V1 and V2 (:func:`shufflenet.train.train_model`,
     the same function and the same SGD trajectory up to float rounding; checkpoints and the
     weights file hold the standard layout); ``compile`` runs the training step's forward and
     loss through ``torch.compile``, whose AOTAutograd compiles the backward too.
@@ -78,6 +79,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
@@ -136,10 +138,10 @@ class TrainConfig:
             _check_real(name, getattr(self, name), 0.0)
         for name in ("momentum", "label_smoothing", "drop_rate"):
             _check_real(name, getattr(self, name), 0.0, 1.0)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
-            )
+        for name, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in table:
+                raise ValueError(f"{name} must be one of {', '.join(table)}, got {value!r}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(
                 f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"

@@ -6,7 +6,7 @@
 - ``model.safetensors``: weights plus metadata (architecture, classes, preprocessing), for
   ``shufflenet.load``, ``shufflenet eval`` and ``predict``;
 - ``metrics.csv`` (one line per finished epoch) and ``curves.png``;
-- ``.lock`` while a run holds the directory (:func:`lock_run_dir`).
+- ``.lock`` while a run holds the directory (:func:`lock_run_dir`, :func:`hold_run_dir`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ from typing import Any
 
 import torch
 
-from ..io import atomic_path, write_text
+from ..io import atomic_path, check_output_path, remove_stale_temps, write_text
 from ..weights import error_reason
+from .distributed import Dist, broadcast
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "METRIC_COLUMNS",
     "RunFiles",
     "default_run_dir",
+    "hold_run_dir",
     "lock_run_dir",
     "read_checkpoint",
     "write_checkpoint",
@@ -155,6 +157,28 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
                 folder.rmdir()
             except OSError:  # not empty: the run wrote into it
                 break
+
+
+@contextlib.contextmanager
+def hold_run_dir(files: RunFiles, ctx: Dist) -> Iterator[None]:
+    """Rank 0 checks that the run dir can be written, locks it for the block and removes the
+    temporary files of a killed run; every process raises rank 0's error if it cannot."""
+    with contextlib.ExitStack() as stack:
+        error: Exception | None = None
+        if ctx.is_main:
+            try:
+                check_output_path(files.checkpoint, "out")
+                stack.enter_context(lock_run_dir(files.dir))
+                for path in files.outputs:
+                    remove_stale_temps(path)
+            except (ValueError, OSError) as e:
+                error = e
+        message = broadcast(None if error is None else str(error), ctx)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ValueError(message)
+        yield
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -15,7 +14,6 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..data import DIGITS, load_data
-from ..deploy.train_fast import TrainFastModel, train_model
 from ..device import idle_threads, resolve_device, torch_threads
 from ..evaluate import (
     EvalResult,
@@ -26,25 +24,48 @@ from ..evaluate import (
     loader_workers,
     to_device,
 )
-from ..io import check_output_path, remove_stale_temps
 from ..weights import save
 from .config import TrainConfig, check_resume_classes, checkpoint_to_resume
 from .distributed import Dist, all_sum, broadcast, distributed, gather
-from .files import RunFiles, default_run_dir, lock_run_dir, write_checkpoint, write_metrics
+from .fast import TrainFastModel, train_model
+from .files import RunFiles, default_run_dir, hold_run_dir, write_checkpoint, write_metrics
 from .model import create_run_model, training_loss
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
 from .schedule import (
     MAX_EPOCHS,
     MIN_EPOCHS,
+    OPTIMIZERS,
     STEP_BUDGET,
     choose_epochs,
     lr_scheduler,
     param_groups,
 )
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "StepProgress", "fit"]
 
 Log = Callable[[str], None]
+# The running loss, lr and rate are measured every this many steps (reading the loss waits for
+# the device) and at the last step of each epoch.
+MEASURE_EVERY = 5
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where a run is after an optimizer step, as :func:`fit` reports it to ``progress``.
+
+    ``step`` of ``steps`` (per epoch) and ``epoch`` of ``epochs`` count from 1. ``loss`` (this
+    epoch's mean training loss so far, on this process's batches), ``lr`` and ``images_per_s``
+    (all processes) are measured every :data:`MEASURE_EVERY` steps and at the epoch's last
+    step, ``None`` in between.
+    """
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float | None = None
+    lr: float | None = None
+    images_per_s: float | None = None
 
 
 @dataclass
@@ -65,8 +86,14 @@ class FitResult:
     skipped_images: list[str] = field(default_factory=list)
 
 
-def fit(config: TrainConfig, log: Log | None = None) -> FitResult:
-    """Train ``config.model`` as configured; ``log`` receives one line per epoch (rank 0).
+def fit(
+    config: TrainConfig,
+    log: Log | None = None,
+    progress: Callable[[StepProgress], None] | None = None,
+) -> FitResult:
+    """Train ``config.model`` as configured; ``log`` receives one line per epoch and
+    ``progress`` a :class:`StepProgress` after every optimizer step (rank 0 only; no
+    ``progress`` calls when ``config.progress`` is False).
 
     Under torchrun every process calls this with the same config. Raises ``ValueError`` /
     ``OSError`` for bad settings, data or run dir, before any training. The run holds a lock
@@ -78,30 +105,8 @@ def fit(config: TrainConfig, log: Log | None = None) -> FitResult:
     with torch_threads(config.threads), distributed(config.device) as ctx:
         out = config.out if config.out is not None else str(default_run_dir(config.model))
         files = RunFiles(Path(broadcast(out, ctx)))
-        with _hold_run_dir(files, ctx):
-            return _Run(config, ctx, files, log).run()
-
-
-@contextmanager
-def _hold_run_dir(files: RunFiles, ctx: Dist) -> Iterator[None]:
-    """Rank 0 checks that the run dir can be written, locks it for the block and removes the
-    temporary files of a killed run; every process raises rank 0's error if it cannot."""
-    with ExitStack() as stack:
-        error: Exception | None = None
-        if ctx.is_main:
-            try:
-                check_output_path(files.checkpoint, "out")
-                stack.enter_context(lock_run_dir(files.dir))
-                for path in files.outputs:
-                    remove_stale_temps(path)
-            except (ValueError, OSError) as e:
-                error = e
-        message = broadcast(None if error is None else str(error), ctx)
-        if error is not None:
-            raise error
-        if message is not None:
-            raise ValueError(message)
-        yield
+        with hold_run_dir(files, ctx):
+            return _Run(config, ctx, files, log, progress).run()
 
 
 def _plural(n: int, noun: str) -> str:
@@ -112,11 +117,35 @@ class _Run:
     """One training run of :func:`fit`: everything it needs, built and checked (or restored
     from the checkpoint) by the constructor, then the per-epoch work."""
 
-    def __init__(self, config: TrainConfig, ctx: Dist, files: RunFiles, log: Log | None) -> None:
-        c = self.config = config
-        self.ctx = ctx
+    def __init__(
+        self,
+        config: TrainConfig,
+        ctx: Dist,
+        files: RunFiles,
+        log: Log | None,
+        progress: Callable[[StepProgress], None] | None,
+    ) -> None:
+        self.config, self.ctx, self.files = config, ctx, files
         self._log = log
+        self._progress = progress if config.progress and ctx.is_main else None
         self.started = time.perf_counter()
+        self._place()
+        checkpoint = checkpoint_to_resume(config, files)
+        self._load_data(checkpoint)
+        self._plan_length(checkpoint)
+        seed_all(config.seed)  # the same initial weights in every process
+        self._build_model(fine_tune=checkpoint is None)
+        self._build_step()
+        seed_all(config.seed + ctx.rank)  # each process draws its own augmentation and dropout
+        self.start_epoch = 0
+        self.history: list[dict[str, float]] = []
+        if checkpoint is not None:
+            self.start_epoch, self.history = self._restore(checkpoint)
+
+    # -- the constructor's steps ----------------------------------------------------------
+    def _place(self) -> None:
+        """The device, mixed precision, loader processes and this process's share of a batch."""
+        c, ctx = self.config, self.ctx
         self.device = resolve_device(c.device, ctx.local_rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -127,9 +156,10 @@ class _Run:
                 f"batch size {c.batch_size} does not split over {ctx.world_size} processes"
             )
         self.local_batch = c.batch_size // ctx.world_size
-        self.files = files
-        checkpoint = checkpoint_to_resume(c, files)
 
+    def _load_data(self, checkpoint: dict[str, Any] | None) -> None:
+        """The datasets and their classes, which a resumed run must share with its checkpoint."""
+        c = self.config
         self.data = load_data(
             c.data,
             cast(int, c.image_size),
@@ -146,30 +176,45 @@ class _Run:
             )
         self.classes = self.data.classes
 
-        seed_all(c.seed)
-        self.model = create_run_model(c, len(self.classes), fine_tune=checkpoint is None)
-        self.model.to(self.device)
-        if c.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # The module the optimizer updates: the model, or its shuffle-free training form, which
-        # has the same parameter names and order (checkpoints hold the standard layout).
-        self.fast: TrainFastModel | None = train_model(self.model) if c.fast else None
-        self.trained: nn.Module = self.model if self.fast is None else self.fast
-        self.net: nn.Module = self.trained
-        if ctx.active:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.trained, device_ids=ids)
-        self.optimizer = torch.optim.SGD(
-            param_groups(self.trained, c.weight_decay), lr=cast(float, c.lr), momentum=c.momentum
-        )
+    def _plan_length(self, checkpoint: dict[str, Any] | None) -> None:
+        """Steps per epoch and epochs: the config's, else a resumed run's, else chosen from
+        the data (then logged); the config records them."""
+        c = self.config
         # What a DistributedSampler with drop_last gives each process, in whole batches.
-        n_batches = self.data.num_train // ctx.world_size // self.local_batch
+        n_batches = self.data.num_train // self.ctx.world_size // self.local_batch
         self.steps_per_epoch = min(n_batches, c.limit_train_batches or n_batches)
-        # Without epochs, the length follows the data; a resumed run keeps its checkpoint's.
         self.epochs_chosen = c.epochs is None and checkpoint is None
         saved = checkpoint["config"].get("epochs") if checkpoint else None
         self.epochs: int = c.epochs or saved or choose_epochs(self.steps_per_epoch)
-        c = self.config = replace(c, epochs=self.epochs)
+        self.config = replace(c, epochs=self.epochs)
+
+    def _build_model(self, fine_tune: bool) -> None:
+        """The model, the module the optimizer updates (the model, or with ``fast`` its
+        shuffle-free training form: the same parameter names and order, state dicts in the
+        standard layout) and the module the step runs (DDP's wrapper under torchrun)."""
+        c = self.config
+        self.model = create_run_model(c, len(self.classes), fine_tune=fine_tune)
+        self.model.to(self.device)
+        if c.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.fast: TrainFastModel | None = train_model(self.model) if c.fast else None
+        self.trained: nn.Module = self.model if self.fast is None else self.fast
+        self.net: nn.Module = self.trained
+        if self.ctx.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.trained, device_ids=ids)
+        # Loss weights of the auxiliary classifiers (SE-ShuffleNet v2-164), read from the model
+        # itself, not the DDP wrapper.
+        self.aux_loss_weights = tuple(getattr(self.model, "aux_loss_weights", ()))
+
+    def _build_step(self) -> None:
+        """The optimizer (a row of ``OPTIMIZERS``, its state saved in the standard layout), the
+        lr scheduler, the grad scaler and the loss, compiled with ``compile``."""
+        c = self.config
+        groups = param_groups(self.trained, c.weight_decay)
+        self.optimizer = OPTIMIZERS[c.optimizer](groups, cast(float, c.lr), c.momentum)
+        if self.fast is not None:
+            self.fast.register_optimizer(self.optimizer)
         self.scheduler = lr_scheduler(
             self.optimizer, self.epochs, self.steps_per_epoch, c.warmup_epochs, c.schedule
         )
@@ -177,19 +222,9 @@ class _Run:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
-        # Loss weights of the auxiliary classifiers (SE-ShuffleNet v2-164), read from the model
-        # itself, not the DDP wrapper.
-        self.aux_loss_weights = tuple(getattr(self.model, "aux_loss_weights", ()))
         self.step_loss = self._loss
         if c.compile:
             self.step_loss = torch.compile(self._loss)
-
-        # Each process draws its own augmentation and dropout.
-        seed_all(c.seed + ctx.rank)
-        self.start_epoch = 0
-        self.history: list[dict[str, float]] = []
-        if checkpoint is not None:
-            self.start_epoch, self.history = self._restore(checkpoint)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of one batch (what ``compile`` compiles, with its backward)."""
@@ -206,13 +241,11 @@ class _Run:
             self._log(message)
 
     def _restore(self, ckpt: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
-        """Load the checkpoint's states; returns its epoch and history."""
-        self.model.load_state_dict(ckpt["model"])
-        if self.fast is None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        else:
-            self.fast.load_state_dict(ckpt["model"])
-            self.fast.load_standard_optimizer_state(self.optimizer, ckpt["optimizer"])
+        """Load the checkpoint's states (the standard layout, which the trained module and its
+        optimizer speak in either form); returns its epoch and history."""
+        self.trained.load_state_dict(ckpt["model"])
+        self.sync_model()
+        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         epoch = int(ckpt["epoch"])
@@ -249,19 +282,9 @@ class _Run:
 
     def train_epoch(self, epoch: int) -> tuple[float, float, float]:
         """Returns (mean train loss, images/s, lr at the end)."""
-        from tqdm.auto import tqdm
-
         c = self.config
         self.net.train()
         loader = self._train_loader(epoch)
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            unit="batch",
-            leave=False,
-            dynamic_ncols=True,
-            disable=not (c.progress and self.ctx.is_main),
-        )
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen = 0
         start = time.perf_counter()
@@ -278,8 +301,8 @@ class _Run:
             self.scheduler.step()
             loss_sum += loss.detach().double() * len(y)
             seen += len(y)
-            bar.update()
-            if step % 5 == 0 or step + 1 == self.steps_per_epoch:
+            where = StepProgress(epoch + 1, self.epochs, step + 1, self.steps_per_epoch)
+            if step % MEASURE_EVERY == 0 or step + 1 == self.steps_per_epoch:
                 running = loss_sum.item() / seen
                 if not math.isfinite(running):
                     raise ValueError(
@@ -287,13 +310,10 @@ class _Run:
                         "(or turn off amp)"
                     )
                 rate = seen * self.ctx.world_size / (time.perf_counter() - start)
-                stats = {
-                    "loss": f"{running:.4f}",
-                    "lr": f"{self.scheduler.get_last_lr()[0]:.4g}",
-                    "img/s": f"{rate:.0f}",
-                }
-                bar.set_postfix(stats, refresh=False)
-        bar.close()
+                lr = float(self.scheduler.get_last_lr()[0])
+                where = replace(where, loss=running, lr=lr, images_per_s=rate)
+            if self._progress is not None:
+                self._progress(where)
         elapsed = time.perf_counter() - start
         totals = all_sum(
             torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64), self.ctx
@@ -359,11 +379,7 @@ class _Run:
             "world_size": self.ctx.world_size,
             "classes": self.classes,
             "model": self.model.state_dict(),
-            "optimizer": (
-                self.optimizer.state_dict()
-                if self.fast is None
-                else self.fast.standard_optimizer_state(self.optimizer)
-            ),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng,

@@ -1,15 +1,47 @@
-"""The optimizer's recipe: the per-step learning-rate schedule and the weight-decay groups."""
+"""The optimizer's recipe: the optimizers and lr decays by name (``OPTIMIZERS``, ``SCHEDULES``:
+adding one is a row, which ``TrainConfig`` and ``shufflenet train`` then accept), the per-step
+learning-rate schedule, the weight-decay groups and the run's default length."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["STEP_BUDGET", "choose_epochs", "lr_factor", "lr_scheduler", "param_groups"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "STEP_BUDGET",
+    "choose_epochs",
+    "lr_factor",
+    "lr_scheduler",
+    "param_groups",
+]
+
+ParamGroups = list[dict[str, Any]]
+
+
+def _sgd(groups: ParamGroups, lr: float, momentum: float) -> Optimizer:
+    """SGD with momentum, Nesterov off (the papers')."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+# name -> factory(param_groups(...), peak lr, momentum); ``TrainConfig.optimizer`` picks one.
+# Each group carries its own ``weight_decay``. An optimizer that updates every entry on its own
+# also trains the shuffle-free form (``fast``) exactly as the standard model.
+OPTIMIZERS: dict[str, Callable[[ParamGroups, float, float], Optimizer]] = {"sgd": _sgd}
+
+# name -> the lr factor after warm-up as a function of the decay's progress, 0 to 1 (past 1: the
+# run is over); ``TrainConfig.schedule`` picks one.
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+}
 
 # Without --epochs, a run makes about STEP_BUDGET optimizer steps, in MIN_EPOCHS to MAX_EPOCHS
 # epochs: digits (44 batches of 32) keeps 15 epochs, while a folder of 360 photos (11 batches)
@@ -30,15 +62,14 @@ def choose_epochs(steps_per_epoch: int) -> int:
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear") -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based).
 
-    Linear warm-up over ``warmup_steps`` steps, then linear (or cosine) decay that reaches 0
-    after the last step.
+    Linear warm-up over ``warmup_steps`` steps, then the decay ``schedule`` (a key of
+    :data:`SCHEDULES`: linear or cosine, reaching 0 after the last step).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return max(0.0, 1.0 - progress)
+    return SCHEDULES[schedule]((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
 
 def lr_scheduler(
@@ -61,8 +92,8 @@ def lr_scheduler(
     return LambdaLR(optimizer, factor)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two SGD groups: weights of convolutions and linear layers decay; BN and biases don't."""
+def param_groups(model: nn.Module, weight_decay: float) -> ParamGroups:
+    """Two groups: weights of convolutions and linear layers decay; BN and biases don't."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():

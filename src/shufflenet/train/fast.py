@@ -1,7 +1,8 @@
 """Shuffle-free training: a trainable form of V1 and V2 that computes the same function as the
 model without the copies its shuffles cost, and maps back exactly to the ordinary layout.
 
-**V2** (torchvision layout). As in :mod:`.fastpath`, every channel of a stage is labelled by its
+**V2** (torchvision layout). As in :mod:`shufflenet.deploy.fastpath` (its
+:func:`~shufflenet.deploy.fastpath.stage_routes`), every channel of a stage is labelled by its
 *producer* (a branch's last 1x1 conv) and the one *consumer* that reads it (the right half of a
 later stride-1 unit, or the stage output). BatchNorm stays BatchNorm: a producer's last 1x1 conv
 and the BatchNorm after it get their rows in consumer order (exact in training mode too, since
@@ -18,17 +19,19 @@ unit's shuffle moves after them (stride-2 units shuffle 4x fewer values); it sta
 no channel order makes both group convs block diagonal. The Megvii layout shuffles there already.
 
 Every parameter and buffer keeps its name, shape and place in ``parameters()``; only its entries
-are permuted along channel axes (no padding, each original entry in one place). SGD with
-momentum and weight decay updates every entry on its own, so it commutes with these
-permutations: an optimizer built on the fast module's parameters (same groups, same order)
+are permuted along channel axes (no padding, each original entry in one place). An optimizer
+that updates every entry on its own (SGD with momentum and weight decay, Adam, ...) commutes
+with these permutations: one built on the fast module's parameters (same groups, same order)
 trains it as the original would be trained. ``state_dict()``/``load_state_dict()`` of the fast
 module use the standard layout, :meth:`TrainFastModel.to_standard` gives the standard model, and
-:meth:`~TrainFastModel.standard_optimizer_state` maps the optimizer's state (momentum) back.
+:meth:`~TrainFastModel.register_optimizer` has an optimizer's state (momentum) saved and loaded
+in the standard layout too.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..deploy.fastpath import fastpath_support, stage_routes
 from ..models.base import set_norms_eval
 from ..models.ops import channel_shuffle, shuffle_permutation
 from ..models.v1 import ShuffleNetV1, ShuffleV1Unit
 from ..models.v2 import InvertedResidual, ShuffleNetV2
-from .fastpath import _stage_routes, fastpath_support
 
 __all__ = ["TrainFastModel", "train_model", "train_model_support"]
 
@@ -76,8 +79,9 @@ class TrainFastModel(nn.Module):
 
     ``state_dict()`` and ``load_state_dict()`` speak the standard layout (checkpoints see the
     usual model); ``parameters()``, their gradients and an optimizer's state are in the fast
-    layout (:meth:`standard_tensor`, :meth:`standard_optimizer_state` map them). The global
-    pool hands its gradient back in its input's memory format (the same values).
+    layout (:meth:`standard_tensor`, :meth:`standard_optimizer_state` map them, and an
+    optimizer given to :meth:`register_optimizer` speaks the standard layout itself). The
+    global pool hands its gradient back in its input's memory format (the same values).
     """
 
     global_pool: nn.Module
@@ -103,6 +107,8 @@ class TrainFastModel(nn.Module):
                 own[name].training = module.training
         self.register_state_dict_post_hook(_state_dict_to_standard)
         self.register_load_state_dict_pre_hook(_state_dict_from_standard)
+        # optimizers whose state_dict()/load_state_dict() map the layout (register_optimizer)
+        self._standard_optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 
     def train(self, mode: bool = True) -> TrainFastModel:
         """Training mode, except the BatchNorms inside ``eval_norms``, as the original's."""
@@ -210,14 +216,36 @@ class TrainFastModel(nn.Module):
         """``optimizer.state_dict()`` (an optimizer on this module's parameters) with every
         per-parameter tensor (SGD's momentum buffers, ...) in the standard layout: the state of
         the same optimizer built on ``to_standard()``'s parameters in the same groups."""
-        return self._map_optimizer_state(optimizer, optimizer.state_dict(), inverse=True)
+        state = optimizer.state_dict()
+        if optimizer in self._standard_optimizers:
+            return state
+        return self._map_optimizer_state(optimizer, state, inverse=True)
 
     def load_standard_optimizer_state(
         self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
     ) -> None:
         """Load a standard-layout optimizer state (the inverse of
         :meth:`standard_optimizer_state`) into ``optimizer``, built on this module."""
-        optimizer.load_state_dict(self._map_optimizer_state(optimizer, state_dict, False))
+        if optimizer not in self._standard_optimizers:
+            state_dict = self._map_optimizer_state(optimizer, state_dict, inverse=False)
+        optimizer.load_state_dict(state_dict)
+
+    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Have ``optimizer`` (built on this module's parameters) save and load its state in the
+        standard layout, as this module's ``state_dict()`` does: its ``state_dict()`` is then
+        :meth:`standard_optimizer_state` and its ``load_state_dict()`` takes one, so a
+        checkpoint is the same whichever form trained. Raises ``ValueError`` for an optimizer
+        on other parameters."""
+        self._optimizer_keys(optimizer)
+        if optimizer in self._standard_optimizers:
+            return
+        optimizer.register_state_dict_post_hook(
+            lambda opt, state: self._map_optimizer_state(opt, state, inverse=True)
+        )
+        optimizer.register_load_state_dict_pre_hook(
+            lambda opt, state: self._map_optimizer_state(opt, state, inverse=False)
+        )
+        self._standard_optimizers.add(optimizer)
 
 
 def _state_dict_to_standard(
@@ -363,7 +391,7 @@ def _v2_stage_plan(
     """For a stage of ``units`` units, ``half`` channels per producer: each producer's row
     order and chunk sizes, and for each consumer the chunks it reads and the logical input
     channel of each of its physical channels."""
-    reads, output = _stage_routes(half, units)
+    reads, output = stage_routes(half, units)
     inputs = [*reads, output]  # consumer k's logical input is inputs[k - 1]
     consumer_of = {label: k + 1 for k, labels in enumerate(inputs) for label in labels}
     orders: list[list[int]] = []
