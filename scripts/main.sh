@@ -5,7 +5,7 @@
 # network in its shuffle-free form, the faster one here (README: "Faster training").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh ""  # the library alone: no test tools, no optional runtimes
 out="runs/main-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/shufflenet train shufflenet_v2_x0_5 --data digits --fast --out "$out"
 echo

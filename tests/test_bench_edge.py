@@ -19,6 +19,8 @@ from shufflenet.speed.engines import (
 
 EDGE = [e for e in ("litert", "executorch", "mnn") if e in available_engines()]
 
+pytestmark = pytest.mark.slow  # converts to the edge runtimes and times them
+
 
 @pytest.fixture(scope="module")
 def v2():

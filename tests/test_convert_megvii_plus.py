@@ -249,6 +249,7 @@ def _bgr(size=64):
     return torch.randint(0, 256, (2, 3, size, size), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.mark.slow
 def test_megvii_v2_large_reproduces_official_outputs(tmp_path):
     # The release's deployment network (no auxiliary heads), at full size, through the CLI.
     sd = megvii_large_checkpoint(aux=False)

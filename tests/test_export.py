@@ -94,6 +94,7 @@ def _openvino_traps(proto):
 V1_V2 = shufflenet.list_models("shufflenet_v1_*") + shufflenet.list_models("shufflenet_v2_x*")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["default", "plain"])
 def test_every_v1_and_v2_export_agrees_in_onnxruntime_and_openvino(tmp_path, form):
     assert len(V1_V2) == 29
@@ -243,6 +244,7 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, argv, match):
     assert err.startswith("error: ") and match in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_int8_on_a_digits_model_agrees_with_fp32(tmp_path, capsys, monkeypatch):
     import shufflenet.export.onnx as onnx_export
 

@@ -45,7 +45,7 @@ OPEN = {"litert": open_litert, "executorch": open_executorch, "mnn": open_mnn}
 VERIFY = {"litert": verify_litert, "executorch": verify_executorch, "mnn": verify_mnn}
 CONVERTER = {"litert": "litert_torch", "executorch": "executorch.exir", "mnn": "MNN"}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _needs(fmt):

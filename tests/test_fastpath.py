@@ -144,6 +144,7 @@ def test_onnx_export_is_shuffle_free_exact_and_batch_dynamic(name: str) -> None:
     assert "shuffle-free" not in read_onnx_metadata(plain.SerializeToString())["graph"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,backend",
     [

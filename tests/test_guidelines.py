@@ -92,6 +92,7 @@ def test_blocks():
         build_benchmark("G5", 0, 0)
 
 
+@pytest.mark.slow
 def test_run_schema_and_plots(tmp_path):
     config = GuidelinesConfig(quick=True, runs=1, warmup=0, tables=("G4", "g2"), threads=1)
     result = run_guidelines(config)
@@ -110,6 +111,7 @@ def test_run_schema_and_plots(tmp_path):
         assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_cli_quick_writes_four_tables_and_plots(tmp_path, capsys):
     out = tmp_path / "g"
     argv = ["guidelines", "--quick", "--runs", "1", "--warmup", "0", "--threads", "1"]

@@ -34,7 +34,7 @@ NAMES = ["cat", "dog", "eel"]
 EXT = {"litert": ".tflite", "executorch": ".pte", "mnn": ".mnn"}
 OPEN = {"litert": open_litert, "executorch": open_executorch, "mnn": open_mnn}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _weights(tmp, name="w.safetensors", **kwargs):

@@ -65,6 +65,7 @@ def test_default_candidates_have_paper_accuracy():
     assert "shufflenet_v2_large" not in names  # 12.7 GFLOPs: timed only when named
 
 
+@pytest.mark.slow
 def test_cli_select(tmp_path, capsys):
     plot = tmp_path / "sel.png"
     argv = ["select", "--models", *MODELS, "--input-size", "32", "--runs", "1", "--threads", "1"]

@@ -352,6 +352,7 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     ref, cut = (
         subprocess.Popen(
@@ -394,6 +395,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert [r["val_loss"] for r in cut_rows] == [r["val_loss"] for r in ref_rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,extra",
     [(TINY, []), ("shufflenet_v2_x0_5", ["--fast", "--amp", "--channels-last"])],
@@ -513,6 +515,7 @@ def test_fast_training_follows_the_standard_run(tmp_path, model):
         assert (ours - other).norm() <= 1e-1 * ours.norm() + 1e-6, i
 
 
+@pytest.mark.slow
 def test_compiled_fast_step(tmp_path, monkeypatch):
     # torch.compile traces the fast form's forward and loss (dynamo) and their backward
     # (AOTAutograd); the aot_eager backend skips only inductor's C++ code generation, which

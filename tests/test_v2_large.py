@@ -213,6 +213,7 @@ def test_training_loss_weights_the_aux_losses():
         training_loss(criterion, out, y, (1.0,))
 
 
+@pytest.mark.slow
 def test_short_fit(tmp_path, monkeypatch):
     # One step of 8 images at 32x32: the training loss includes the auxiliary heads' losses.
     from shufflenet.train import loop
