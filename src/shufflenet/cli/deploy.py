@@ -185,7 +185,7 @@ def add_parsers(sub: Any) -> None:
         "export",
         help=f"export to {'/'.join(FORMATS)}, verified; int8",
         description="Export a model and run the file next to PyTorch on sample inputs; exit 1 "
-        "with the numbers if they differ by more than 1e-4 (relative to outputs above 1).",
+        "with the numbers if they differ by more than 1e-4 times the largest output.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="a .safetensors weights file")
