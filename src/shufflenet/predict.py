@@ -31,9 +31,10 @@ from PIL import Image
 from torch import Tensor
 
 from .export.formats import FORMATS, format_of
-from .export.runtime import OpenedModel, Runtime, first_line
+from .export.runtime import OpenedModel, Runtime
 from .io import open_regular
 from .preprocessing import imagenet_classes
+from .weights import error_reason
 
 __all__ = [
     "ENGINES",
@@ -136,7 +137,7 @@ def _run(opened: OpenedModel, batch: Tensor) -> np.ndarray:
         raise
     except Exception as e:  # a runtime's own types, for a graph that loads but cannot run
         raise ValueError(
-            f"{opened.path}: {opened.engine} cannot run it ({first_line(e)})"
+            f"{opened.path}: {opened.engine} cannot run it ({error_reason(e)})"
         ) from None
 
 

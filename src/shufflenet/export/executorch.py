@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..limits import MAX_BATCH_ELEMENTS
 from ..runtimes import Extra, probe, require, stdout_to_stderr
-from ..weights import printable
+from ..weights import error_reason
 from .edge import (
     EDGE_LAYOUT,
     EdgeGraph,
@@ -35,7 +35,7 @@ from .edge import (
     graph_int8,
     pt2e_calibrated,
 )
-from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
+from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .xnnpack import xnnpack_graph
 
 __all__ = [
@@ -121,7 +121,7 @@ def read_pte_metadata(program: Any, label: str | os.PathLike[str]) -> dict[str, 
         (text,) = program.load_method(PTE_METADATA).execute([])
         return dict(json.loads(text))
     except Exception as e:  # the runtime's errors, not one JSON object, RecursionError
-        reason = printable(first_line(e))[:200]
+        reason = error_reason(e)
         raise ValueError(f"{label}: its shufflenet metadata is unreadable ({reason})") from None
 
 
@@ -142,7 +142,7 @@ def _program(data: bytes, path: str | os.PathLike[str], threads: int | None) -> 
     except ValueError:
         raise
     except Exception as e:  # the runtime raises RuntimeError for files it cannot load
-        raise ValueError(f"{path}: ExecuTorch cannot load it ({first_line(e)})") from None
+        raise ValueError(f"{path}: ExecuTorch cannot load it ({error_reason(e)})") from None
 
 
 def _check_header(data: bytes, path: str | os.PathLike[str]) -> None:
@@ -163,7 +163,8 @@ def _forward(
         with stdout_to_stderr():
             forward = program.load_method("forward")
     except Exception as e:  # the runtime's RuntimeError for a method it cannot load
-        raise ValueError(f"{path}: ExecuTorch cannot load its forward ({first_line(e)})") from None
+        reason = error_reason(e)
+        raise ValueError(f"{path}: ExecuTorch cannot load its forward ({reason})") from None
     meta = forward.metadata
     if meta.num_inputs() != 1 or meta.num_outputs() != 1:
         raise ValueError(f"{path}: forward must take one input and return one output")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..limits import MAX_BATCH_ELEMENTS
 from ..runtimes import Extra, probe, require, stdout_to_stderr
+from ..weights import error_reason
 from .edge import (
     EDGE_LAYOUT,
     EdgeGraph,
@@ -34,7 +35,7 @@ from .edge import (
     graph_int8,
     pt2e_calibrated,
 )
-from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
+from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .xnnpack import strided_splits_as_slices
 
 __all__ = [
@@ -178,7 +179,7 @@ def _load(
             interpreter = lite.Interpreter(model_content=data, num_threads=threads)
             interpreter.allocate_tensors()
     except Exception as e:  # LiteRT raises its own types for files it cannot load
-        raise ValueError(f"{path}: LiteRT cannot load it ({first_line(e)})") from None
+        raise ValueError(f"{path}: LiteRT cannot load it ({error_reason(e)})") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"{path} must have one input and one output")

@@ -41,11 +41,11 @@ from ..models import create_model
 from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
 from ..runtimes import Extra, probe, require, stdout_to_stderr
-from ..weights import validate_metadata
+from ..weights import error_reason, validate_metadata
 from .edge import check_edge_metadata, edge_format, edge_verifier
 from .metadata import check_sidecar_target, model_metadata, read_onnx_metadata, read_sidecar
 from .onnx import onnx_bytes, to_onnx
-from .runtime import OpenedModel, Runtime, first_line, private_copy, read_model_file
+from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .spec import ExportOptions
 
 __all__ = [
@@ -356,7 +356,7 @@ def open_mnn(
     try:
         out = opened.run(np.zeros(shape, np.float32))
     except Exception as e:  # a graph that loads but does not run on its own input
-        raise ValueError(f"{model_path}: MNN cannot run it ({first_line(e)})") from None
+        raise ValueError(f"{model_path}: MNN cannot run it ({error_reason(e)})") from None
     opened.metadata = check_edge_metadata(metadata, sidecar, shape, out.shape)
     return opened
 

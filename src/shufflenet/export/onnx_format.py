@@ -21,11 +21,12 @@ from ..models.base import ShuffleNetBase
 from ..runtimes import OPENVINO as OPENVINO_EXTRA
 from ..runtimes import has_openvino, openvino_model, ort_session, share_ort_threads
 from ..verification import FP32_TOLERANCE, Verification
+from ..weights import error_reason
 from .check import verify_opened
 from .int8 import Int8Result, export_int8, int8_path, int8_types
 from .metadata import read_onnx_metadata
 from .onnx import export_onnx, onnx_bytes, to_onnx
-from .runtime import OpenedModel, Runtime, first_line
+from .runtime import OpenedModel, Runtime
 from .spec import ExportFormat, ExportOptions
 
 __all__ = [
@@ -66,7 +67,7 @@ def open_onnx(
     try:
         session = ort_session(path, threads)
     except Exception as e:  # ONNX Runtime raises its own types for graphs it cannot load
-        raise ValueError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
+        raise ValueError(f"{path}: ONNX Runtime cannot load it ({error_reason(e)})") from None
     return _session_model(session, path, metadata)
 
 

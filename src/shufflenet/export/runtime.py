@@ -36,7 +36,6 @@ __all__ = [
     "OpenedModel",
     "Opener",
     "Runtime",
-    "first_line",
     "private_copy",
     "read_model_file",
 ]
@@ -160,12 +159,6 @@ class Runtime:
         if self.rewrite is not None and isinstance(model, ShuffleNetBase):
             module = self.rewrite(module, example)
         return module, graph
-
-
-def first_line(error: Exception) -> str:
-    """The first line of a runtime's error message (or its type's name), for one-line errors."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def read_model_file(path: str | os.PathLike[str], runtime: str) -> bytes:
