@@ -18,6 +18,8 @@ import ast
 import importlib.util
 import json
 import os
+import re
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,21 +176,58 @@ def _guidelines(data: dict[str, Any]) -> list[str]:
 
 
 def _edge(data: dict[str, Any]) -> list[str]:
-    cfg = data["config"]
+    """ms per (model, graph, precision) with a column per runtime, then torchvision's time over
+    ours (the median of the per-round ratios) where both graphs were timed."""
+    cfg, results = data["config"], data["results"]
+    runtimes = list(results)
+    keys = list(dict.fromkeys(k for records in results.values() for k in records))
     lines = [
-        f"Batch {cfg['batch']}, {cfg['input_size']} px, median over {cfg['rounds']} rounds of "
-        f"{cfg['runs']} runs (min..max over rounds), ms; int8 files checked against fp32 (the "
-        "correlation of the logits).",
+        f"Batch {cfg['batch']}, {cfg['input_size']} px, ms: median over {cfg['rounds']} rounds of "
+        f"{cfg['runs']} runs (min..max over rounds); int8 files were checked against fp32 "
+        "(correlation of the logits in brackets).",
         "",
-        "| runtime | model | graph | precision | ms | int8 correlation |",
-        "|---|---|---|---|---|---|",
+        f"| model | graph | precision | {' | '.join(runtimes)} |",
+        f"|---|---|---|{'---:|' * len(runtimes)}",
     ]
-    for runtime, records in data["results"].items():
-        for key, r in records.items():
-            model, impl, precision = key.split("/")
-            corr = f"{r['int8_correlation']:.3f}" if "int8_correlation" in r else ""
-            ms = f"{r['median_ms']:.2f} ({r['min_ms']:.2f}..{r['max_ms']:.2f})"
-            lines.append(f"| {runtime} | {model} | {impl} | {precision} | {ms} | {corr} |")
+    for key in keys:
+        cells = []
+        for runtime in runtimes:
+            r = results[runtime].get(key)
+            cell = f"{r['median_ms']:.2f} ({r['min_ms']:.2f}..{r['max_ms']:.2f})" if r else ""
+            if r and "int8_correlation" in r:
+                cell += f" [{r['int8_correlation']:.3f}]"
+            cells.append(cell)
+        lines.append(f"| {' | '.join(key.split('/'))} | {' | '.join(cells)} |")
+    ratios = []
+    for key in keys:
+        model, graph, precision = key.split("/")
+        if graph != "ours":
+            continue
+        cells = []
+        for runtime in runtimes:
+            ours = results[runtime].get(key)
+            theirs = results[runtime].get(f"{model}/torchvision/{precision}")
+            if not (ours and theirs and "round_medians_ms" in ours):
+                cells.append("")
+                continue
+            per_round = sorted(
+                t / o
+                for t, o in zip(theirs["round_medians_ms"], ours["round_medians_ms"], strict=True)
+            )
+            median = statistics.median(per_round)
+            cells.append(f"{median:.2f}x ({per_round[0]:.2f}..{per_round[-1]:.2f})")
+        if any(cells):
+            ratios.append(f"| {model} | {precision} | {' | '.join(cells)} |")
+    if ratios:
+        lines += [
+            "",
+            "torchvision's time over ours, median of the per-round ratios (min..max); above 1: "
+            "ours is faster.",
+            "",
+            f"| model | precision | {' | '.join(runtimes)} |",
+            f"|---|---|{'---:|' * len(runtimes)}",
+            *ratios,
+        ]
     return lines
 
 
@@ -344,6 +383,30 @@ def _machine_of(data: dict[str, Any]) -> str:
     return _machine({k: data[k] for k in ("cpu", "simd", "versions") if k in data})
 
 
+def results_section(filename: str, level: int = 2) -> list[str]:
+    """One results file as a section: its title at heading ``level``, the file, its machine,
+    the command that measures it again, and its table."""
+    found = [section for section in SECTIONS if section[0] == filename]
+    if not found:
+        raise ValueError(f"no results section for {filename!r}; known: {[s[0] for s in SECTIONS]}")
+    _, title, script, render = found[0]
+    data = json.loads((RESULTS / filename).read_text())
+    return [
+        f"{'#' * level} {title}",
+        "",
+        f"From `benchmarks/results/{filename}`.",
+        "",
+        _machine_of(data),
+        "",
+        "```bash",
+        _command(script),
+        "```",
+        "",
+        *render(data),
+        "",
+    ]
+
+
 def results_markdown() -> str:
     """The measured tables page, from ``benchmarks/results/*.json``."""
     lines = [
@@ -354,23 +417,23 @@ def results_markdown() -> str:
         "commands under `flock /tmp/shufflenet-bench.lock` on a shared machine.",
         "",
     ]
-    for filename, title, script, render in SECTIONS:
-        data = json.loads((RESULTS / filename).read_text())
-        lines += [
-            f"## {title}",
-            "",
-            f"From `benchmarks/results/{filename}`.",
-            "",
-            _machine_of(data),
-            "",
-            "```bash",
-            _command(script),
-            "```",
-            "",
-            *render(data),
-            "",
-        ]
+    for filename, *_ in SECTIONS:
+        lines += results_section(filename)
     return "\n".join(lines)
+
+
+# A page's marker for a generated results section: <!-- results: FILE [LEVEL] -->
+RESULTS_MARKER = re.compile(r"<!-- results: ([\w./-]+\.json)(?: (\d))? -->")
+
+
+def expand_results(markdown: str) -> str:
+    """``markdown`` with each results marker replaced by its generated section (see
+    ``scripts/docs_hooks.py``, which applies this to every page at build time)."""
+
+    def section(match: re.Match[str]) -> str:
+        return "\n".join(results_section(match[1], int(match[2] or 3)))
+
+    return RESULTS_MARKER.sub(section, markdown)
 
 
 PAGES = {"reference/cli.md": cli_markdown, "reference/results.md": results_markdown}

@@ -60,6 +60,7 @@ def test_measure_interleaves_and_counts_every_call():
         measure({"a": fake("a", 1.0)}, runs=0, warmup=0)
 
 
+@pytest.mark.slow
 def test_bench_records_schema_and_torchvision_ratio():
     engines = [e for e in ("eager", "onnxruntime", "openvino") if e in available_engines()]
     config = BenchConfig(
@@ -104,6 +105,7 @@ def test_onnx_export_runs_the_same_model(tmp_path):
         np.testing.assert_allclose(y, model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnxruntime_timing_process_shares_one_pool(tmp_path):
     model = shufflenet.create_model("shufflenet_v1_g3_x0_25").eval()
     path = str(export_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 32, 32)))
@@ -132,6 +134,7 @@ def test_time_engine_gives_one_result_per_job(engine):
 @pytest.mark.parametrize(
     "engine", [e for e in ("onnxruntime", "openvino") if e in available_engines()]
 )
+@pytest.mark.slow
 def test_an_engine_that_computes_wrong_is_refused_before_timing(engine, monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()  # other weights
@@ -153,6 +156,7 @@ def test_engines_leave_the_model_alone():
     assert model[0].weight.is_contiguous()  # the engine worked on a copy
 
 
+@pytest.mark.slow
 def test_compile_engine_runs():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU()).eval()
     x = torch.randn(1, 3, 8, 8)
@@ -251,6 +255,7 @@ def test_cli_profile_timing_json(tmp_path, capsys):
     assert total == pytest.approx(data["total_ms"])
 
 
+@pytest.mark.slow
 def test_cli_bench_table_and_json(capsys):
     # the default engine (auto): ONNX Runtime where installed; alexnet's pool does not export
     argv = ["bench", "shufflenet_v2_x0_5", "mobilenet_v3_small", "--input-size", "64"]

@@ -8,6 +8,7 @@ import shufflenet
 from shufflenet.cli import main, parse_input_size
 
 
+@pytest.mark.slow
 def test_models_json_lists_every_model_with_paper_numbers(capsys):
     assert main(["models", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
@@ -17,6 +18,7 @@ def test_models_json_lists_every_model_with_paper_numbers(capsys):
     assert v2["flops"] == pytest.approx(146e6, rel=0.02)
 
 
+@pytest.mark.slow
 def test_models_table(capsys):
     assert main(["models", "shufflenet_v2_*"]) == 0
     out = capsys.readouterr().out

@@ -80,3 +80,34 @@ def test_results_page_renders_every_results_file(docs_gen):
     results = ROOT / "benchmarks" / "results"
     files = {str(p.relative_to(results)) for p in results.rglob("*.json")}
     assert files == {filename for filename, *_ in docs_gen.SECTIONS}
+
+
+def _pages():
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_pages_take_measured_tables_from_results_files(docs_gen):
+    """Measured tables reach the pages only through results markers, which the build expands
+    (scripts/docs_hooks.py); a hand-copied median-with-spread table row fails."""
+    known = {filename for filename, *_ in docs_gen.SECTIONS}
+    used = set()
+    for page in _pages():
+        text = page.read_text()
+        markers = docs_gen.RESULTS_MARKER.findall(text)
+        used |= {name for name, _ in markers}
+        assert {name for name, _ in markers} <= known, page
+        expanded = docs_gen.expand_results(text)
+        assert not docs_gen.RESULTS_MARKER.search(expanded)
+        assert expanded.count("\n|") >= text.count("\n|") + 3 * len(markers), page
+        copied = [
+            line
+            for line in text.splitlines()
+            if line.startswith("|") and re.search(r"\d\.\d+x? [(\[][\d.]+\.\.\d", line)
+        ]
+        assert not copied, (page, copied[:2])
+    assert len(used) >= 4
+
+
+def test_results_marker_of_an_unknown_file_fails(docs_gen):
+    with pytest.raises(ValueError, match="no results section"):
+        docs_gen.expand_results("<!-- results: nothing.json -->")

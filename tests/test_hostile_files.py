@@ -245,6 +245,7 @@ def test_a_fifo_among_the_inputs_is_refused_without_blocking(weights, image, tmp
 
 
 # -- exports record the size their graph was made for -------------------------------------
+@pytest.mark.slow
 def test_exports_at_another_size_record_it(weights, image, folder):
     model = shufflenet.load(weights)
     out = folder / "at64.onnx"
@@ -582,6 +583,7 @@ def valid_metadata(draw):
 @settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.slow
 @given(valid_metadata())
 def test_valid_metadata_round_trips_through_save_and_load(folder, drawn):
     config, names, preprocessing = drawn

@@ -114,6 +114,7 @@ def test_an_onnx_binder_leaves_no_temporary_folder(tiny, own_temp):
     assert _leftovers(own_temp) == []
 
 
+@pytest.mark.slow
 @ORT
 def test_sigterm_to_bench_removes_its_temporary_folders(tmp_path):
     """``shufflenet bench`` killed by SIGTERM while it times: it ends with one error line, its

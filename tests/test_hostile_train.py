@@ -62,6 +62,7 @@ def test_fifo_in_training_tree_is_reported_never_opened(tmp_path, capsys):
 
 
 # -- 6: two runs into one run dir --------------------------------------------------------
+@pytest.mark.slow
 def test_second_run_into_a_busy_run_dir_fails_at_once(tmp_path, capsys):
     out = tmp_path / "r"
     cmd = [sys.executable, "-m", "shufflenet", "train", TINY, "--epochs", "1000"]

@@ -33,6 +33,7 @@ def _dominated(c, others, attr):
     )
 
 
+@pytest.mark.slow
 def test_selection_invariants(tmp_path):
     names = [*MODELS, "shufflenet_v1_g1_x1_5"]
     sel = select_model(1e9, names, input_size=(32, 32), runs=2, warmup=0, threads=1)
@@ -47,6 +48,7 @@ def test_selection_invariants(tmp_path):
     assert plot_selection(sel, tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_budget_rule():
     sel = select_model(1e-9, MODELS[:2], input_size=(32, 32), runs=1, warmup=0, threads=1)
     assert sel.chosen is None  # nothing runs in a picosecond

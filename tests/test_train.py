@@ -481,6 +481,7 @@ def test_epochs_chosen_logged_recorded_and_kept_on_resume(tmp_path, monkeypatch)
         fit(replace(config, resume=True, epochs=3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [TINY, "shufflenet_v2_x0_5"])
 def test_fast_training_follows_the_standard_run(tmp_path, model):
     # The shuffle-free form trains the same network: same losses and weights up to rounding,

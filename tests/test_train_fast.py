@@ -184,6 +184,7 @@ def test_one_sgd_step_matches_in_float32(name: str) -> None:
     assert _state_diff(fast.to_standard().state_dict(), model.state_dict()) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_resume_from_a_standard_checkpoint(name: str) -> None:
     """Train the standard model, continue in the fast form from its weights and optimizer
@@ -208,6 +209,7 @@ def test_resume_from_a_standard_checkpoint(name: str) -> None:
     assert _state_diff(fast.state_dict(), model.state_dict()) < 1e-9
 
 
+@pytest.mark.slow
 def test_channels_last_and_megvii_v1() -> None:
     for name, kwargs in (
         ("shufflenet_v2_x0_5", {}),
@@ -238,6 +240,7 @@ def test_rejects_models_it_cannot_rewrite() -> None:
         fast.load_state_dict(shufflenet.create_model("shufflenet_v2_x1_0").state_dict())
 
 
+@pytest.mark.slow
 def test_a_registered_optimizer_saves_and_loads_the_standard_layout() -> None:
     model = _training_model("shufflenet_v2_x0_5")
     fast = train_model(model)
@@ -257,6 +260,7 @@ def test_a_registered_optimizer_saves_and_loads_the_standard_layout() -> None:
         fast.register_optimizer(_sgd(model))
 
 
+@pytest.mark.slow
 def test_the_old_import_path_still_names_the_training_form() -> None:
     for name in ("TrainFastModel", "train_model", "train_model_support"):
         assert getattr(shufflenet.deploy, name) is getattr(shufflenet.train, name)

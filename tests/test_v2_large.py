@@ -242,6 +242,7 @@ def test_short_fit(tmp_path, monkeypatch):
     assert {"aux_heads.stage2.fc.weight", "aux_heads.stage4.conv.1.0.weight"} <= keys
 
 
+@pytest.mark.slow
 def test_fine_tune_from_weights_without_aux_heads(tmp_path):
     # A converted release without auxiliary heads, with another class count: the backbone comes
     # from the file, the classifiers and the auxiliary heads start fresh.

@@ -28,6 +28,7 @@ def test_v2_plus_registry_metadata():
         assert info.preprocessing == MEGVII_PREPROCESSING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_params_exact_and_flops_near_release(name):
     params, mflops, _ = RELEASE[name]
