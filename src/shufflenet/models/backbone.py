@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .base import ShuffleNetBase, set_norms_eval
+from .base import ShuffleNetBase, check_input, set_norms_eval
 
 __all__ = [
     "BACKBONE_OPTIONS",
@@ -219,10 +219,7 @@ class ShuffleNetFeatures(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
+        check_input(x, self.in_chans)
         outputs = []
         for name in (*self.stem_names, *self.stage_names):
             x = getattr(self, name)(x)

@@ -3,34 +3,46 @@
 Blocks take their parts: ``norm_layer`` (a class such as ``nn.BatchNorm2d``, called with the
 channel count) and ``act_layer`` (a class such as ``nn.ReLU`` or ``nn.Hardswish``, called with
 ``inplace=True``), so a family with other layers is a new module, not edits here.
+
+Every network is a timm model in its API (``reset_classifier(num_classes, global_pool)``,
+``get_classifier``, ``head_hidden_size``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``set_grad_checkpointing``), compiles with ``torch.jit.script``
+and traces with ``torch.fx``: input checks raise ``ValueError`` in eager mode and TorchScript and
+are left out of FX graphs. Class-level annotations of submodules are for type checkers only
+(``TYPE_CHECKING``): TorchScript cannot read them. Annotations here are objects, not strings
+(no ``from __future__ import annotations``): FX copies ``forward``'s into its graphs, which
+TorchScript then compiles.
 """
 
-from __future__ import annotations
-
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..preprocessing import MAX_CLASSES, MAX_IN_CHANS
+from .ops import is_fx_proxy, shape_text
 
 __all__ = [
     "AuxOutputs",
     "ConvNormAct",
     "LayerFactory",
     "ShuffleNetBase",
+    "check_global_pool",
+    "check_input",
     "check_positive",
     "check_split_unit",
     "depthwise_conv",
+    "feature_indices",
     "make_act",
     "run_checkpointed",
     "set_norms_eval",
 ]
 
 LayerFactory = Callable[..., nn.Module]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class AuxOutputs(NamedTuple):
@@ -39,7 +51,7 @@ class AuxOutputs(NamedTuple):
     model's ``aux_loss_weights``. In eval mode such a model returns the logits tensor only."""
 
     logits: Tensor
-    aux: tuple[Tensor, ...]
+    aux: list[Tensor]
 
 
 def make_act(act_layer: LayerFactory) -> nn.Module:
@@ -57,6 +69,47 @@ def _check_num_classes(num_classes: int) -> None:
             f"num_classes must be an integer within 0..{MAX_CLASSES} (0: no classifier), got "
             f"{num_classes!r}"
         )
+
+
+def check_global_pool(global_pool: Any) -> str:
+    """``global_pool`` if it is ``"avg"`` or ``""``; ``ValueError`` otherwise."""
+    if not isinstance(global_pool, str) or global_pool not in ("avg", ""):
+        raise ValueError(
+            f"global_pool must be 'avg' (the head's average pooling) or '' (no pooling: the "
+            f"head runs at each position of model.forward_features(x)), got {global_pool!r}"
+        )
+    return global_pool
+
+
+def check_input(x: Tensor, in_chans: int) -> None:
+    """``ValueError`` unless ``x`` is an ``(N, in_chans, H, W)`` batch (not checked while FX
+    traces)."""
+    if is_fx_proxy(x):
+        return
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input of shape (N, {in_chans}, H, W), got {shape_text(x)}")
+
+
+def feature_indices(count: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's choice of feature maps among ``count``: ``None`` all, an int ``n`` the last ``n``,
+    a sequence those indices (negative ones from the end); the indices and the largest."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, bool):
+        raise ValueError(f"indices must be a count or a sequence of indices, got {indices!r}")
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices must be within 1..{count} as a count, got {indices}")
+        chosen = list(range(count - indices, count))
+    else:
+        chosen = []
+        for i in indices:
+            if not isinstance(i, int) or isinstance(i, bool) or not -count <= i < count:
+                raise ValueError(f"indices must be within {-count}..{count - 1}, got {indices!r}")
+            chosen.append(i % count)
+        if not chosen:
+            raise ValueError("indices is empty: choose at least one feature map")
+    return chosen, max(chosen)
 
 
 def set_norms_eval(module: nn.Module, names: tuple[str, ...]) -> None:
@@ -175,15 +228,18 @@ class ShuffleNetBase(nn.Module):
     """Shared forward paths and head of every ShuffleNet family.
 
     A network is a stem (the modules named in ``stem_names``, run in order), body stages
-    (``stage_names``, run in order), an optional last conv (:meth:`_last_conv`) and the head
-    (:meth:`_build_head`). V1 and V2 have the stem ``conv1``, ``maxpool`` and the stages
-    ``stage2``..``stage4``; other families override the two name tuples. ``feature_info``
-    describes the four feature maps that :meth:`forward_stages` returns (C2..C5, strides 4 to
-    32), each the output of the stem or stage module it names, as detection necks expect.
+    (``stage_names``, run in order), an optional last conv (:meth:`_last_conv`, the module
+    ``last_conv_name``) and the head (:meth:`_build_head`). V1 and V2 have the stem ``conv1``,
+    ``maxpool`` and the stages ``stage2``..``stage4``; other families override the two name
+    tuples, and :meth:`_scripted_trunk`, the same modules named for TorchScript.
+    ``feature_info`` describes the four feature maps that :meth:`forward_stages` returns (C2..C5,
+    strides 4 to 32), each the output of the stem or stage module it names, as detection necks
+    expect.
     """
 
     stem_names: tuple[str, ...] = ("conv1", "maxpool")
     stage_names: tuple[str, ...] = ("stage2", "stage3", "stage4")
+    last_conv_name: str | None = None
 
     def __init__(
         self, in_chans: int, num_classes: int, drop_rate: float, classifier_bias: bool = True
@@ -211,8 +267,8 @@ class ShuffleNetBase(nn.Module):
 
     # -- construction helpers -------------------------------------------------------------
     def _build_head(self, num_features: int) -> None:
-        self.num_features = num_features
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = self.head_hidden_size = num_features
+        self.set_global_pool("avg")
         self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
         self.fc: nn.Module = self._make_classifier(self.num_classes)
 
@@ -220,6 +276,15 @@ class ShuffleNetBase(nn.Module):
         if num_classes == 0:
             return nn.Identity()
         return nn.Linear(self.num_features, num_classes, bias=self.classifier_bias)
+
+    def _like_model(self, build: Callable[[], ModuleT]) -> ModuleT:
+        """``build()`` on this model's device, in its dtype and mode (a new head keeps them)."""
+        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
+        with contextlib.nullcontext() if ref is None else torch.device(ref.device):
+            module = build()
+        if ref is not None:
+            module.to(dtype=ref.dtype)
+        return module.train(self.training)
 
     def _set_feature_info(self, channels: list[int]) -> None:
         modules = ["maxpool", "stage2", "stage3", "stage4"]
@@ -244,14 +309,27 @@ class ShuffleNetBase(nn.Module):
                     nn.init.zeros_(m.bias)
 
     # -- public API -----------------------------------------------------------------------
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it); the
-        ``model_config`` that ``shufflenet.save`` records follows."""
+    def get_classifier(self) -> nn.Module:
+        """The classifier (timm's API): ``fc``."""
+        return self.fc
+
+    def set_global_pool(self, global_pool: str) -> None:
+        """``"avg"``: the head averages the feature map; ``""``: no pooling, the head (and the
+        classifier, a Linear over the channels) runs at each position. The classifier is kept."""
+        self.pool_type = check_global_pool(global_pool)
+        self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0 removes it), on the
+        model's device, in its dtype and mode; ``global_pool`` (``None``: kept) as in
+        :meth:`set_global_pool`. The ``model_config`` that ``shufflenet.save`` records follows."""
         _check_num_classes(num_classes)
+        if global_pool is not None:
+            self.set_global_pool(global_pool)
         self.num_classes = num_classes
         if self.model_config:
             self.model_config["num_classes"] = num_classes
-        self.fc = self._make_classifier(num_classes)
+        self.fc = self._like_model(lambda: self._make_classifier(num_classes))
         if isinstance(self.fc, nn.Linear):
             nn.init.normal_(self.fc.weight, 0.0, 0.01)
             if self.fc.bias is not None:
@@ -268,20 +346,21 @@ class ShuffleNetBase(nn.Module):
 
     def _run_stage(self, name: str, x: Tensor) -> Tensor:
         """The stem or stage module ``name`` on ``x``; a stage unit by unit through
-        :func:`run_checkpointed` while gradient checkpointing applies."""
+        :func:`run_checkpointed` while gradient checkpointing applies (not in FX graphs)."""
         module = getattr(self, name)
         if not (
             self.grad_checkpointing
             and self.training
             and torch.is_grad_enabled()
             and name in self.stage_names
+            and not is_fx_proxy(x)
         ):
             return module(x)
         for unit in module.children() if isinstance(module, nn.Sequential) else (module,):
             x = run_checkpointed(unit, x)
         return x
 
-    def train(self, mode: bool = True) -> ShuffleNetBase:
+    def train(self, mode: bool = True) -> "ShuffleNetBase":
         """Training mode, except the BatchNorms inside ``eval_norms`` (frozen stages,
         ``norm_eval``: see :mod:`shufflenet.models.backbone`), which stay in eval mode."""
         super().train(mode)
@@ -289,40 +368,102 @@ class ShuffleNetBase(nn.Module):
             set_norms_eval(self, self.eval_norms)
         return self
 
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected input of shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
-
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Feature maps C2..C5 (strides 4, 8, 16, 32), described by ``feature_info``."""
-        self._check_input(x)
-        wanted = [str(info["module"]) for info in self.feature_info]
-        outputs: dict[str, Tensor] = {}
-        for name in (*self.stem_names, *self.stage_names):
+        return cast(list[Tensor], self.forward_intermediates(x, intermediates_only=True))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's API: the feature maps ``indices`` of ``feature_info`` (``None``: all, ``n``:
+        the last ``n``), in order, and with them (unless ``intermediates_only``) the output of
+        :meth:`forward_features`, or with ``stop_early`` that of the last stage run (the stages
+        after the last chosen map are skipped). ShuffleNet has no final norm: ``norm`` changes
+        nothing. ``output_fmt``: ``"NCHW"`` only."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        chosen, last = feature_indices(len(self.feature_info), indices)
+        taps = {str(self.feature_info[i]["module"]) for i in chosen}
+        check_input(x, self.in_chans)
+        names = (*self.stem_names, *self.stage_names)
+        end = names.index(str(self.feature_info[last]["module"])) + 1
+        run = names[:end] if stop_early or intermediates_only else names
+        intermediates = []
+        for name in run:
             x = self._run_stage(name, x)
-            if name in wanted:
-                outputs[name] = x
-                if len(outputs) == len(wanted):
-                    break
-        return [outputs[name] for name in wanted]
+            if name in taps:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return (self._last_conv(x) if len(run) == len(names) else x), intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's API: keep what the feature maps ``indices`` need (as in
+        :meth:`forward_intermediates`) and return their indices. The later stages become
+        ``nn.Identity`` (their names stay); the last conv goes with them, or with
+        ``prune_norm`` (it stands where timm's models have their final norm); ``prune_head``
+        removes the head (``reset_classifier(0, "")``, and any layers between pooling and
+        classifier). ``num_features`` follows."""
+        chosen, last = feature_indices(len(self.feature_info), indices)
+        names = (*self.stem_names, *self.stage_names)
+        end = names.index(str(self.feature_info[last]["module"])) + 1
+        for name in names[end:]:
+            setattr(self, name, nn.Identity())
+        if end < len(names) or prune_norm:
+            if self.last_conv_name is not None:
+                setattr(self, self.last_conv_name, nn.Identity())
+            self.num_features = self.head_hidden_size = int(self.feature_info[last]["num_chs"])
+        if prune_head:
+            self._prune_head_layers()
+            self.reset_classifier(0, "")
+        return chosen
+
+    def _prune_head_layers(self) -> None:
+        """Remove the head's layers besides pooling and classifier (none here)."""
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The feature map right before global pooling (after the last conv, if any)."""
-        self._check_input(x)
-        for name in (*self.stem_names, *self.stage_names):
-            x = self._run_stage(name, x)
+        check_input(x, self.in_chans)
+        if torch.jit.is_scripting():
+            x = self._scripted_trunk(x)
+        else:
+            for name in (*self.stem_names, *self.stage_names):
+                x = self._run_stage(name, x)
         return self._last_conv(x)
+
+    def _scripted_trunk(self, x: Tensor) -> Tensor:
+        """The stem and stages, each module by its name: what TorchScript compiles (it has no
+        ``getattr`` of a name in a variable). Each family spells its own out."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its stages for TorchScript")
 
     def _last_conv(self, x: Tensor) -> Tensor:
         return x
 
+    def _classify(self, x: Tensor) -> Tensor:
+        """The classifier on pooled features, or at each position of an unpooled map."""
+        if self.pool_type:
+            return self.fc(x)
+        return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Global average pooling, dropout and the classifier (skipped if ``pre_logits``)."""
-        x = torch.flatten(self.global_pool(x), 1)
+        """Global average pooling (unless ``global_pool=''``), dropout and the classifier
+        (skipped if ``pre_logits``)."""
+        x = self.global_pool(x)
+        if self.pool_type:
+            x = torch.flatten(x, 1)
         x = self.dropout(x)
-        return x if pre_logits else self.fc(x)
+        return x if pre_logits else self._classify(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))

@@ -28,14 +28,21 @@ mode. The channel order has no timm field: for models that take BGR input (such 
 BGR 0-255 of V2+, V2.Large and ``layout="megvii"``: mean 0, std 1/255 in timm's terms) the
 cfg's mean and std are in RGB order and the channels must be reversed (``x.flip(1)``) after
 timm's transforms, as the cfg's ``notes`` say; building such a model from a weights file also
-warns (``UserWarning``), since its predictions are wrong without the flip. No weights are
-hosted: ``pretrained=True`` raises ``ValueError``.
+warns (``UserWarning``), since its predictions are wrong without the flip.
+``pretrained=True`` loads the published weights of :mod:`shufflenet.hub`'s table (the model's
+default source; ``ValueError`` for a model with none).
 
-timm's ``global_pool`` may be ``"avg"`` only (the head's average pooling;
-``model.forward_features`` gives the unpooled map), ``drop_path_rate`` and ``drop_block_rate``
-0 only: ShuffleNet has neither stochastic depth nor DropBlock. Other values raise
-``ValueError``. ``model.set_grad_checkpointing()`` is that of
-:class:`~shufflenet.models.base.ShuffleNetBase`.
+timm's ``global_pool`` may be ``"avg"`` (the head's average pooling) or ``""`` (none: see
+:meth:`~shufflenet.models.base.ShuffleNetBase.set_global_pool`), ``drop_path_rate`` and
+``drop_block_rate`` 0 only: ShuffleNet has neither stochastic depth nor DropBlock. Other values
+raise ``ValueError``. timm's ``device`` and ``dtype`` place and cast the model (it is built under
+``torch.device(device)``); ``features_only=True`` gives a
+:class:`~shufflenet.models.backbone.ShuffleNetFeatures` (``feature_cls="list"``, the default)
+or timm's ``FeatureGetterNet`` over ``forward_intermediates`` (``feature_cls="getter"``). As
+timm's Inception v3, SE-ShuffleNet v2-164 comes without auxiliary classifiers unless
+``aux_logits=True`` (or a ``checkpoint_path`` file of ours that has them), so that timm's
+``criterion(model(x), target)`` trains it. The rest of timm's model API (``reset_classifier``,
+``forward_intermediates``, ...) is that of :class:`~shufflenet.models.base.ShuffleNetBase`.
 """
 
 from __future__ import annotations
@@ -52,10 +59,11 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..preprocessing import MEGVII_PREPROCESSING, Preprocessing, check_input_size
-from .base import ShuffleNetBase
+from .base import ShuffleNetBase, check_global_pool
 from .registry import create_model, get_model_info, list_models
 
 __all__ = ["install", "pretrained_cfg_for", "register_timm_models"]
@@ -74,6 +82,10 @@ _ZERO_ONLY = {
 }
 # How many frames above the entry point timm.create_model may be.
 _MAX_FRAMES = 4
+# Where timm's defaults differ from ours, by family: no auxiliary classifiers, as timm's own.
+_TIMM_DEFAULTS: dict[str, dict[str, Any]] = {"v2_large": {"aux_logits": False}}
+FEATURE_CLASSES = ("list", "getter")
+STRIDE = 32  # of the last feature map: every network halves the input five times
 
 
 def pretrained_cfg_for(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -91,6 +103,12 @@ def pretrained_cfg_for(name: str, **kwargs: Any) -> dict[str, Any]:
         "description": info.description,
     }
     return cfg
+
+
+def _pool_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """The last feature map's size at ``input_size`` (C, H, W): every stride-2 layer pads by
+    half its kernel, so each halves a side rounding up."""
+    return (-(-input_size[1] // STRIDE), -(-input_size[2] // STRIDE))
 
 
 def _crop_pct(side: int, resize: int) -> float:
@@ -111,6 +129,8 @@ def _data_cfg(pre: Preprocessing, in_chans: int) -> dict[str, Any]:
     mean, std = (tuple(pre.mean[::-1]), tuple(pre.std[::-1])) if bgr else (pre.mean, pre.std)
     cfg: dict[str, Any] = {
         "input_size": (in_chans, height, width),
+        "pool_size": _pool_size((in_chans, height, width)),
+        "fixed_input_size": False,
         "interpolation": "bilinear",
         "crop_pct": _crop_pct(min(height, width), pre.resize) if pre.resize else 1.0,
         "crop_mode": "center" if pre.resize else "squash",
@@ -122,14 +142,12 @@ def _data_cfg(pre: Preprocessing, in_chans: int) -> dict[str, Any]:
     return cfg
 
 
-def _pop_timm_options(kwargs: dict[str, Any]) -> None:
-    """Check and remove timm's ``global_pool``, ``drop_path_rate`` and ``drop_block_rate``."""
+def _pop_timm_options(kwargs: dict[str, Any]) -> str | None:
+    """Check and remove timm's ``global_pool`` (returned), ``drop_path_rate`` and
+    ``drop_block_rate``."""
     pool = kwargs.pop("global_pool", None)
-    if pool is not None and pool != "avg":
-        raise ValueError(
-            f"global_pool must be 'avg' (ShuffleNet's head averages the last feature map), got "
-            f"{pool!r}; model.forward_features(x) gives the map unpooled"
-        )
+    if pool is not None:
+        check_global_pool(pool)
     for key, reason in _ZERO_ONLY.items():
         rate = kwargs.pop(key, None)
         if rate is not None and not (isinstance(rate, numbers.Real) and rate == 0):
@@ -137,6 +155,43 @@ def _pop_timm_options(kwargs: dict[str, Any]) -> None:
                 f"{reason}: {key} must be 0, got {rate!r} (drop_rate sets the dropout before "
                 "the classifier)"
             )
+    return pool
+
+
+def _pop_feature_cls(kwargs: dict[str, Any]) -> str:
+    """timm's ``feature_cls`` (or ``feature_cfg={"feature_cls": ...}``), checked and removed."""
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    feature_cls = kwargs.pop("feature_cls", feature_cfg.pop("feature_cls", "list"))
+    if feature_cfg:
+        raise ValueError(f"feature_cfg takes feature_cls only, got {sorted(feature_cfg)}")
+    if not isinstance(feature_cls, str) or feature_cls.lower() not in FEATURE_CLASSES:
+        raise ValueError(f"feature_cls must be one of {FEATURE_CLASSES}, got {feature_cls!r}")
+    return feature_cls.lower()
+
+
+def _timm_defaults(name: str, kwargs: dict[str, Any], metadata: Mapping[str, Any] | None) -> None:
+    """Set timm's defaults for ``name`` that ``kwargs`` leaves unset; with one of our weights
+    files, the file's configuration instead (the model must hold its weights)."""
+    for key, value in _TIMM_DEFAULTS.get(get_model_info(name).family, {}).items():
+        if metadata is None:
+            kwargs.setdefault(key, value)
+        elif key in metadata["model_config"]:
+            kwargs.setdefault(key, metadata["model_config"][key])
+
+
+def _create(name: str, kwargs: dict[str, Any], feature_cls: str) -> nn.Module:
+    """Our ``create_model``, or timm's ``FeatureGetterNet`` around it for
+    ``features_only=True, feature_cls="getter"``."""
+    if feature_cls != "getter" or not kwargs.get("features_only"):
+        return create_model(name, **kwargs)
+    from timm.models._features import FeatureGetterNet
+
+    kwargs = {k: v for k, v in kwargs.items() if k != "features_only"}
+    out_indices = kwargs.pop("out_indices", None)
+    model = create_model(name, **kwargs)
+    if out_indices is None:
+        out_indices = tuple(range(len(model.feature_info)))
+    return FeatureGetterNet(model, out_indices=out_indices)
 
 
 def _timm_checkpoint_path() -> Any:
@@ -213,16 +268,21 @@ def _build(
     (less timm's options, checked), and the model's ``pretrained_cfg``: ours, or the weights
     file's given as ``checkpoint_path``, updated by timm's ``pretrained_cfg`` if it is a dict
     or ``PretrainedCfg``, then by ``pretrained_cfg_overlay``."""
-    if pretrained:
-        raise ValueError(
-            f"no pretrained weights are hosted for {name}: pass pretrained=False and "
-            "checkpoint_path=FILE (a shufflenet.save file of this model, such as a converted "
-            "torchvision or Megvii checkpoint), or use shufflenet.load"
-        )
-    _pop_timm_options(kwargs)
+    if pretrained:  # the published weights of shufflenet.hub's table (its default source)
+        kwargs["pretrained"] = pretrained
+    pool = _pop_timm_options(kwargs)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    feature_cls = _pop_feature_cls(kwargs)
     path = _timm_checkpoint_path()
     metadata = _file_metadata(path) if path else None
-    model = create_model(name, **kwargs)
+    _timm_defaults(name, kwargs, metadata)
+    model: Any  # a network or backbone, given timm's attributes below
+    with contextlib.nullcontext() if device is None else torch.device(device):
+        model = _create(name, kwargs, feature_cls)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if pool is not None and isinstance(model, ShuffleNetBase):
+        model.set_global_pool(pool)
     cfg = pretrained_cfg_for(name, **kwargs)
     if metadata is not None:
         pre = _file_preprocessing(name, model, metadata, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +121,8 @@ class ShuffleV1Unit(nn.Module):
                     f"unit {in_channels} -> {out_channels} channels"
                 )
         self.groups = groups
+        # Megvii's inverse permutation: a shuffle of the bottleneck with mid // groups groups.
+        self.inverse_groups = mid // groups
         self.stride = stride
         self.layout = layout
         self.gconv1 = nn.Conv2d(in_channels, mid, 1, groups=first_groups, bias=False)
@@ -138,7 +141,7 @@ class ShuffleV1Unit(nn.Module):
             out = channel_shuffle(out, self.groups)
         out = self.bn2(self.dwconv(out))  # no ReLU after the depthwise conv
         if self.layout == "megvii" and self.groups > 1:  # inverse permutation: C/g groups
-            out = channel_shuffle(out, out.shape[1] // self.groups)
+            out = channel_shuffle(out, self.inverse_groups)
         out = self.bn3(self.gconv2(out))
         # The input is a ReLU output, so its pooled shortcut needs no ReLU: ReLU after the
         # concat equals the official ReLU on the branch alone.
@@ -159,11 +162,12 @@ class ShuffleNetV1(ShuffleNetBase):
         norm_layer, act_layer: normalisation and activation of every block (see :mod:`.base`).
     """
 
-    conv1: nn.Sequential
-    maxpool: nn.Module
-    stage2: nn.Sequential
-    stage3: nn.Sequential
-    stage4: nn.Sequential
+    if TYPE_CHECKING:  # TorchScript cannot read these annotations
+        conv1: nn.Sequential
+        maxpool: nn.Module
+        stage2: nn.Sequential
+        stage3: nn.Sequential
+        stage4: nn.Sequential
 
     def __init__(
         self,
@@ -200,6 +204,9 @@ class ShuffleNetV1(ShuffleNetBase):
         self._set_feature_info([stem, *stage_widths])
         self._build_head(in_channels)
         self.init_weights()
+
+    def _scripted_trunk(self, x: Tensor) -> Tensor:
+        return self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x)))))
 
 
 def shufflenet_v1(groups: int = 3, width_mult: float = 1.0, **kwargs) -> ShuffleNetV1:

@@ -10,18 +10,19 @@ In training mode three auxiliary classifiers, after ``stage2``, ``stage3`` and `
 their losses with weights 0.7 (after ``stage4``), 0.5 and 0.3 (after ``stage2``) to the main
 one: ``forward`` then returns :class:`~shufflenet.models.base.AuxOutputs` (torchvision's
 Inception v3 convention) and the model's ``aux_loss_weights`` give the weights in the order of
-``AuxOutputs.aux``. In eval mode, or with ``aux_logits=False`` (no auxiliary heads),
-``forward`` returns the logits tensor.
+``AuxOutputs.aux``. In eval mode, with ``aux_logits=False`` (no auxiliary heads, timm's default:
+see :mod:`.timm_interop`) or compiled by TorchScript, ``forward`` returns the logits tensor.
 
 Every conv is bias-free and followed by BatchNorm with eps 1e-9, as in the release, whose
 weights map onto these modules by renaming keys only (``shufflenet convert --from megvii``).
 Input: BGR 0-255, not normalised (:data:`~shufflenet.preprocessing.MEGVII_PREPROCESSING`).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FX copies ``forward``'s annotations into its graphs,
+# which TorchScript then compiles, and it cannot read them as strings.
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,7 @@ from .base import (
     ConvNormAct,
     LayerFactory,
     ShuffleNetBase,
+    check_input,
     check_positive,
     make_act,
     megvii_init,
@@ -184,8 +186,16 @@ class ShuffleNetV2Large(ShuffleNetBase):
     """
 
     stage_names = ("stage2", "stage3", "stage4", "stage5")
+    last_conv_name = "conv_last"
     aux_loss_weights = AUX_LOSS_WEIGHTS  # of ``AuxOutputs.aux``: after stage4, stage3, stage2
-    aux_heads: nn.ModuleDict | None
+    if TYPE_CHECKING:  # TorchScript cannot read these annotations
+        aux_heads: nn.ModuleDict | None
+        conv1: nn.Sequential
+        maxpool: nn.Module
+        stage2: nn.Sequential
+        stage3: nn.Sequential
+        stage4: nn.Sequential
+        stage5: nn.Sequential
 
     def __init__(
         self,
@@ -236,20 +246,22 @@ class ShuffleNetV2Large(ShuffleNetBase):
 
     def _build_aux_heads(self) -> None:
         """Auxiliary heads exist while ``aux_logits`` is set and there is a classifier; those
-        that exist keep their convs and get fresh classifiers for ``num_classes``."""
+        that exist keep their convs and get fresh classifiers for ``num_classes``. New modules
+        take the model's device, dtype and mode."""
         if not (self.aux_logits and self.num_classes):
             self.aux_heads = None
             return
+        channels, classes = self._aux_channels(), self.num_classes
         if self.aux_heads is None:
-            self.aux_heads = nn.ModuleDict(
-                {name: AuxHead(c, self.num_classes) for name, c in self._aux_channels().items()}
+            self.aux_heads = self._like_model(
+                lambda: nn.ModuleDict({n: AuxHead(c, classes) for n, c in channels.items()})
             )
             self._init_modules(self.aux_heads, prefix="aux_heads")
             return
-        for name, c in self._aux_channels().items():
+        for name, c in channels.items():
             head = self.aux_heads[name]
             assert isinstance(head, AuxHead)
-            head.fc = nn.Linear(c, self.num_classes)
+            head.fc = self._like_model(partial(nn.Linear, c, classes))
             self._init_modules(head.fc)
 
     def init_weights(self) -> None:
@@ -261,29 +273,51 @@ class ShuffleNetV2Large(ShuffleNetBase):
     def _init_modules(root: nn.Module, prefix: str = "") -> None:
         megvii_init(root, lambda name: name.startswith("conv1."), prefix)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh classifier for ``num_classes``, and fresh classifiers in the auxiliary heads
         (0 removes the heads; a later non-zero count builds new ones if ``aux_logits``)."""
-        super().reset_classifier(num_classes)
+        super().reset_classifier(num_classes, global_pool)
         self._build_aux_heads()
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | Sequence[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """As :meth:`ShuffleNetBase.prune_intermediate_layers`; the auxiliary heads go with the
+        head or with any stage."""
+        chosen = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head or max(chosen) < len(self.feature_info) - 1:
+            self.aux_logits = False
+            self._build_aux_heads()
+        return chosen
+
+    def _scripted_trunk(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.conv1(x))
+        return self.stage5(self.stage4(self.stage3(self.stage2(x))))
 
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv_last(x)
 
     def forward(self, x: Tensor) -> Tensor | AuxOutputs:  # type: ignore[override]
         """The logits; in training mode with auxiliary heads, :class:`AuxOutputs`."""
-        if not self.training or self.aux_heads is None:
-            return super().forward(x)
-        self._check_input(x)
-        for name in self.stem_names:
-            x = getattr(self, name)(x)
+        if torch.jit.is_scripting() or self.aux_heads is None or not self.training:
+            return self.forward_head(self.forward_features(x))
+        return self._forward_with_aux(x)
+
+    @torch.jit.unused
+    def _forward_with_aux(self, x: Tensor) -> AuxOutputs:
+        heads = self.aux_heads
+        assert heads is not None
+        check_input(x, self.in_chans)
         aux = []
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self.aux_heads:
-                aux.append(self.aux_heads[name](x))
+        for name in (*self.stem_names, *self.stage_names):
+            x = self._run_stage(name, x)
+            if name in heads:
+                aux.append(heads[name](x))
         logits = self.forward_head(self._last_conv(x))
-        return AuxOutputs(logits, tuple(reversed(aux)))
+        return AuxOutputs(logits, aux[::-1])
 
 
 def shufflenet_v2_large(**kwargs) -> ShuffleNetV2Large:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,7 @@ class ShufflePlusUnit(nn.Module):
         if se:
             layers.append(SqueezeExcite(branch_out, norm_layer))
         self.branch_main = nn.Sequential(*layers)
+        self.branch_proj: nn.Sequential | None = None  # stride 2 only
         if stride == 2:
             self.branch_proj = nn.Sequential(
                 depthwise_conv(in_channels, stride, kernel),
@@ -145,7 +147,7 @@ class ShufflePlusUnit(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
+        if self.branch_proj is None:  # stride 1
             # Megvii's even/odd split, as strided slices: an ONNX export needs no shape ops
             return torch.cat((x[:, 0::2], self.branch_main(x[:, 1::2])), 1)
         return torch.cat((self.branch_proj(x), self.branch_main(x)), 1)
@@ -155,7 +157,8 @@ class ShuffleNetV2Plus(ShuffleNetBase):
     """ShuffleNetV2+: stem (3x3 s2 conv to 16, h-swish), four stages, 1x1 conv to 1280, head.
 
     The head (:meth:`forward_head`) is global pooling, SE(1280) on the pooled map, a bias-free
-    Linear 1280 -> 1280 with h-swish, dropout and the bias-free classifier ``fc``.
+    Linear 1280 -> 1280 with h-swish, dropout and the bias-free classifier ``fc``; without
+    pooling (``global_pool=''``) the Linears run at each position.
 
     Args:
         stages_out_channels: widths of the four stages (see ``V2_PLUS_WIDTHS``).
@@ -168,7 +171,13 @@ class ShuffleNetV2Plus(ShuffleNetBase):
 
     stem_names = ("conv1",)
     stage_names = ("stage1", "stage2", "stage3", "stage4")
-    stage1: nn.Sequential
+    last_conv_name = "conv_last"
+    if TYPE_CHECKING:  # TorchScript cannot read these annotations
+        conv1: nn.Sequential
+        stage1: nn.Sequential
+        stage2: nn.Sequential
+        stage3: nn.Sequential
+        stage4: nn.Sequential
 
     def __init__(
         self,
@@ -214,8 +223,8 @@ class ShuffleNetV2Plus(ShuffleNetBase):
             for i, c in enumerate(stages_out_channels)
         ]
         self._build_head(HEAD_WIDTH)
-        self.head_se = SqueezeExcite(HEAD_WIDTH)
-        self.head_fc = nn.Sequential(
+        self.head_se: nn.Module = SqueezeExcite(HEAD_WIDTH)
+        self.head_fc: nn.Module = nn.Sequential(
             nn.Linear(HEAD_WIDTH, HEAD_WIDTH, bias=False), make_act(hswish)
         )
         self.init_weights()
@@ -225,15 +234,26 @@ class ShuffleNetV2Plus(ShuffleNetBase):
         N(0, 1 / input channels per group), BN scale 1 and shift 1e-4, Linear N(0, 0.01)."""
         megvii_init(self, lambda n: n.startswith(("conv1", "head_se")) or ".gate." in n)
 
+    def _scripted_trunk(self, x: Tensor) -> Tensor:
+        return self.stage4(self.stage3(self.stage2(self.stage1(self.conv1(x)))))
+
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv_last(x)
 
+    def _prune_head_layers(self) -> None:
+        self.head_se = nn.Identity()
+        self.head_fc = nn.Identity()
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global pool, SE, flatten, hidden FC + h-swish, dropout, classifier (skipped if
-        ``pre_logits``)."""
-        x = torch.flatten(self.head_se(self.global_pool(x)), 1)
-        x = self.dropout(self.head_fc(x))
-        return x if pre_logits else self.fc(x)
+        ``pre_logits``); without pooling, SE on the map and the Linears at each position."""
+        x = self.head_se(self.global_pool(x))
+        if self.pool_type:
+            x = self.head_fc(torch.flatten(x, 1))
+        else:
+            x = self.head_fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.dropout(x)
+        return x if pre_logits else self._classify(x)
 
 
 def shufflenet_v2_plus_small(**kwargs) -> ShuffleNetV2Plus:
