@@ -4,9 +4,10 @@
     model = torch.hub.load("OWNER/shufflenet", "shufflenet_v2_x1_0", weights="v2.safetensors")
 
 Keyword arguments go to ``shufflenet.create_model`` (``num_classes``, ``in_chans``,
-``drop_rate``, ``layout``). ``weights=FILE`` loads a weights file of that model instead: ours,
-or one made from torchvision or Megvii checkpoints with ``shufflenet convert``. Nothing is
-downloaded: no weights are hosted.
+``drop_rate``, ``layout``, ``pretrained``: ``True`` or a source loads the weights its publisher
+hosts, see ``shufflenet.list_pretrained()``). ``weights=FILE`` loads a weights file of that
+model instead: ours, or one made from torchvision, mmpretrain or Megvii checkpoints with
+``shufflenet convert``.
 """
 
 import os
@@ -21,13 +22,10 @@ dependencies = ["torch", "torchvision", "safetensors"]
 
 def _entrypoint(name):
     def entrypoint(weights=None, pretrained=False, **kwargs):
-        if pretrained:
-            raise ValueError(
-                "no weights are hosted for download: convert a torchvision or Megvii checkpoint "
-                "with `shufflenet convert` and pass weights=FILE"
-            )
         if weights is None:
-            return shufflenet.create_model(name, **kwargs)
+            return shufflenet.create_model(name, pretrained=pretrained, **kwargs)
+        if pretrained:
+            raise ValueError("weights=FILE and pretrained: give one of them")
         if kwargs:
             raise ValueError(f"weights={weights!r} fixes the model; drop {sorted(kwargs)}")
         model = shufflenet.load(weights)

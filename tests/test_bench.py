@@ -11,7 +11,14 @@ import shufflenet
 from shufflenet.cli import main
 from shufflenet.complexity import profile
 from shufflenet.export.onnx import to_onnx
-from shufflenet.speed.baselines import BASELINES, build_model, expand_model_names, model_card
+from shufflenet.speed.baselines import (
+    BASELINES,
+    build_model,
+    build_torchvision_counterpart,
+    expand_model_names,
+    has_torchvision_counterpart,
+    model_card,
+)
 from shufflenet.speed.bench import BenchConfig, SpeedResult, run_bench
 from shufflenet.speed.checks import WrongOutputs
 from shufflenet.speed.engines import (
@@ -290,3 +297,14 @@ def test_cli_bad_arguments(argv, message, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_compare_pairs_exactly_the_models_torchvision_builds():
+    import torchvision
+
+    built = set(torchvision.models.list_models())
+    for name in shufflenet.list_models():
+        assert has_torchvision_counterpart(name) == (name in built), name
+    assert model_card("shufflenet_v2_x0_25").top1_source == "PaddleClas"
+    with pytest.raises(ValueError, match="torchvision has no implementation"):
+        build_torchvision_counterpart("shufflenet_v2_x1_0_swish")

@@ -250,8 +250,8 @@ def test_torch_hub_entry_points(tmp_path):
         assert torch.equal(loaded(x), model.eval()(x))
     with pytest.raises(ValueError, match="holds shufflenet_v1_g8_x0_5"):
         torch.hub.load(str(REPO), "shufflenet_v2_x1_0", source="local", weights=path)
-    with pytest.raises(ValueError, match="no weights are hosted"):
-        torch.hub.load(str(REPO), "shufflenet_v2_x1_0", source="local", pretrained=True)
+    with pytest.raises(ValueError, match="no published weights for shufflenet_v1_g8_x0_5"):
+        torch.hub.load(str(REPO), "shufflenet_v1_g8_x0_5", source="local", pretrained=True)
 
 
 def _hubconf():

@@ -14,14 +14,16 @@ from shufflenet.models.v2 import InvertedResidual, ShuffleNetV2
 
 ALL = shufflenet.list_models()
 V2_NAMES = shufflenet.list_models("shufflenet_v2_x*")
+TORCHVISION_V2 = [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
 
 
-def test_registry_has_the_25_v1_and_4_v2_models():
+def test_registry_has_the_25_v1_and_7_v2_models():
     v1 = [f"shufflenet_v1_g{g}_x{w}" for g in (1, 2, 3, 4, 8) for w in ("0_25", "0_5", "1_0")]
     v1 += ["shufflenet_v1_g3_x1_5", "shufflenet_v1_g3_x2_0"]
     assert set(v1) <= set(ALL)
     assert len(shufflenet.list_models("shufflenet_v1_*")) == 25
-    assert [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")] == V2_NAMES
+    paddleclas = ["shufflenet_v2_x0_25", "shufflenet_v2_x0_33"]
+    assert [*paddleclas, *TORCHVISION_V2, "shufflenet_v2_x1_0_swish"] == V2_NAMES
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -160,7 +162,7 @@ def test_v1_complexity_near_paper(name):
             assert m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
 
 
-@pytest.mark.parametrize("name", V2_NAMES)
+@pytest.mark.parametrize("name", TORCHVISION_V2)
 def test_v2_matches_table_5_and_torchvision(name):
     info = shufflenet.get_model_info(name)
     ours = shufflenet.create_model(name)
@@ -219,7 +221,9 @@ def test_blocks_take_their_layers():
     assert model.fc.bias is None  # Megvii's bias-free classifier, from the base class
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
     swish = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], act_layer=torch.nn.Hardswish)
-    assert "Hardswish" in fastpath_support(swish)  # not rewritten: it would be wrong
+    assert fastpath_support(swish) is None  # 0 at 0: zero padding stays exact
+    gate = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], act_layer=torch.nn.Hardsigmoid)
+    assert "Hardsigmoid" in fastpath_support(gate)  # not rewritten: 0.5 at 0, padding would leak
     se = ShuffleNetV2([1, 1, 1], [16, 32, 64, 128, 256], se_layer=_SqueezeExcite)
     assert not se.stage2[0].shuffle_free_form  # the unit declares it
     assert fastpath_support(se) is not None

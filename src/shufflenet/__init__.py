@@ -6,6 +6,7 @@
 """
 
 from .complexity import ModelProfile, profile
+from .hub import PretrainedWeights, fetch, get_pretrained, list_pretrained, load_pretrained
 from .models import ModelInfo, ShuffleNetFeatures, create_model, get_model_info, list_models
 from .models.v1 import ShuffleNetV1
 from .models.v2 import ShuffleNetV2
@@ -17,6 +18,7 @@ __all__ = [
     "ModelInfo",
     "ModelProfile",
     "Preprocessing",
+    "PretrainedWeights",
     "ShuffleNetFeatures",
     "ShuffleNetV1",
     "ShuffleNetV2",
@@ -24,9 +26,13 @@ __all__ = [
     "channel_split",
     "concat_shuffle",
     "create_model",
+    "fetch",
     "get_model_info",
+    "get_pretrained",
     "list_models",
+    "list_pretrained",
     "load",
+    "load_pretrained",
     "profile",
     "read_metadata",
     "save",

@@ -128,7 +128,7 @@ def op_category(op_name: str) -> str:
     base = op_name.rstrip("_")
     if base in {"cat", "stack", "split", "chunk", "clone", "copy", "contiguous", "_to_copy"}:
         return "shuffle/concat/split"
-    if base in {"add", "mul", "relu", "sub", "div", "hardtanh", "sigmoid", "clamp"}:
+    if base in {"add", "mul", "relu", "silu", "sub", "div", "hardtanh", "sigmoid", "clamp"}:
         return "element-wise"
     if "pool" in base or base in {"mean", "sum"}:
         return "pooling"

@@ -13,6 +13,8 @@ preprocessing and the ImageNet class names for 1000-class weights.
   (SE-ShuffleNet v2-164; with its auxiliary classifiers if the checkpoint has them), whose
   families follow the release. Their input is BGR 0-255 without normalisation
   (:data:`MEGVII_PREPROCESSING`).
+* ``mmpretrain``: OpenMMLab's V1 and V2 (``backbone.``/``head.`` keys): default layouts, V1's
+  depthwise conv and BN permuted (:mod:`shufflenet.mmpretrain_keys`).
 
 Megvii key mapping (V1/V2: ``N`` counts the units of all stages, 4 + 8 + 4, ``s`` from 2; V2+:
 4 + 4 + 8 + 4, ``s`` from 1; V2.Large: ``Pa`` is the ``a``-th unit of stage ``P``, 2..5):
@@ -59,7 +61,9 @@ import torch
 from torch import Tensor
 
 from .io import check_output_path
+from .mmpretrain_keys import mmpretrain_kind
 from .models import create_model, get_model_info, list_models
+from .models.base import ShuffleNetBase
 from .models.v1 import V1_REPEATS
 from .models.v2 import V2_REPEATS
 from .models.v2_plus import V2_PLUS_REPEATS
@@ -76,6 +80,7 @@ __all__ = [
     "SOURCES",
     "ConvertResult",
     "Detected",
+    "checkpoint_model",
     "convert_checkpoint",
     "megvii_v1_filter",
     "megvii_v2_filter",
@@ -391,17 +396,25 @@ def _megvii(state_dict: dict[str, Tensor]) -> Detected:
     )
 
 
+def _mmpretrain(state_dict: dict[str, Tensor]) -> Detected:
+    return Detected(*mmpretrain_kind(list(state_dict)))
+
+
 # Where checkpoints come from: source -> what a state dict of it is (:class:`Detected`).
 # A new source is one entry here plus its filter.
 SOURCES: dict[str, Callable[[dict[str, Tensor]], Detected]] = {
     "torchvision": _torchvision,
     "megvii": _megvii,
+    "mmpretrain": _mmpretrain,
 }
 
 
 def _shape_matches(name: str, kwargs: dict[str, object], state_dict: dict[str, Tensor]) -> int:
-    with torch.device("meta"):
-        expected = create_model(name, **kwargs).state_dict()
+    try:
+        with torch.device("meta"):
+            expected = create_model(name, **kwargs).state_dict()
+    except ValueError:  # widths that this layout cannot build
+        return -len(state_dict) - 1
     fits = sum(k in state_dict and state_dict[k].shape == v.shape for k, v in expected.items())
     return fits - len(set(state_dict) - set(expected))
 
@@ -443,9 +456,27 @@ def convert_checkpoint(
     tensors' shapes are bounded before any model is built. NaN or infinite weights and negative
     BatchNorm running variances raise ``ValueError`` naming the keys; nothing is written.
     """
+    check_output_path(dst, "dst", inputs=[src])
+    net, detected = checkpoint_model(src, source, model)
+    preprocessing = MEGVII_PREPROCESSING if source == "megvii" else None
+    class_names = imagenet_classes() if net.num_classes == 1000 else None
+    path = save(
+        net,
+        dst,
+        class_names=class_names,
+        preprocessing=preprocessing,
+        converted_from={"source": source, "file": Path(src).name},
+    )
+    return ConvertResult(path, net.model_config["name"], detected.layout, net.num_classes, source)
+
+
+def checkpoint_model(
+    src: str | os.PathLike[str], source: str, model: str | None = None
+) -> tuple[ShuffleNetBase, Detected]:
+    """The network (eval mode) that the ``source`` checkpoint ``src`` holds, and what the
+    checkpoint was found to be; the checks of :func:`convert_checkpoint`, nothing written."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    check_output_path(dst, "dst", inputs=[src])
     raw = read_checkpoint(src)
     detected = SOURCES[source](raw)
     state_dict = detected.filter(raw)
@@ -481,13 +512,4 @@ def convert_checkpoint(
         raise ValueError(f"{src} ({source}) does not fit {model}: {e}") from None
     # checked once loaded, when every tensor has a shape of the model: bounded work
     _check_values(src, state_dict, {id(v): k for k, v in raw.items()})
-    preprocessing = MEGVII_PREPROCESSING if source == "megvii" else None
-    class_names = imagenet_classes() if net.num_classes == 1000 else None
-    path = save(
-        net.eval(),
-        dst,
-        class_names=class_names,
-        preprocessing=preprocessing,
-        converted_from={"source": source, "file": Path(src).name},
-    )
-    return ConvertResult(path, model, detected.layout, net.num_classes, source)
+    return net.eval(), detected

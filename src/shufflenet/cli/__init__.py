@@ -19,7 +19,7 @@ from types import FrameType
 
 from .. import __version__
 from . import deploy, models, speed, train
-from .common import Parser, escape, parse_input_size
+from .common import Parser, escape, parse_input_size, pretrained_weights
 
 __all__ = ["build_parser", "main", "parse_input_size"]
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), pretrained_weights(args):
             return int(args.func(args))
     except _Terminated:
         print("error: terminated", file=sys.stderr)

@@ -5,20 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ..preprocessing import MAX_CLASSES, check_input_size, control_character
 
 __all__ = [
+    "DownloadBar",
     "Parser",
+    "add_pretrained",
     "batch_arg",
     "comma_list",
     "escape",
+    "fetch_with_bar",
     "input_size_arg",
     "mb",
     "num_classes_arg",
     "parse_input_size",
+    "pretrained_weights",
     "print_json",
     "print_table",
     "progress",
@@ -133,3 +140,119 @@ def comma_list(kind: type) -> Any:
 
 def mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
+
+
+# -- published weights (shufflenet.hub) -------------------------------------------------------
+def _pretrained_source(text: str) -> str:
+    from ..hub import PRETRAINED
+
+    sources = list(dict.fromkeys(w.source for w in PRETRAINED))
+    if text not in sources:
+        raise argparse.ArgumentTypeError(
+            f"must be a source of published weights ({', '.join(sources)}), got {text!r}; "
+            "put other arguments before --pretrained"
+        )
+    return text
+
+
+def add_pretrained(add_argument: Any, what: str = "the model") -> None:
+    """``--pretrained [SOURCE]`` through ``add_argument`` (a parser's, or a partial of it)."""
+    add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        type=_pretrained_source,
+        metavar="SOURCE",
+        help=f"{what} with the ImageNet weights its publisher hosts (fetched once into torch's "
+        "hub cache, hash-checked; see `shufflenet weights`); SOURCE: torchvision or "
+        "mmpretrain (default: the model's first)",
+    )
+
+
+class DownloadBar:
+    """A download's progress (:class:`shufflenet.hub.Download`) on standard error: a tqdm bar
+    on a terminal, one line otherwise."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._started = False
+
+    def __call__(self, where: Any) -> None:
+        if not self._started:
+            self._started = True
+            size = "" if where.total is None else f" ({mb(where.total)})"
+            if not sys.stderr.isatty():
+                progress(f"downloading {where.url}{size} to {where.path}")
+                return
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=where.total, unit="B", unit_scale=True, desc=where.path.name, leave=False
+            )
+        if self._bar is not None:
+            self._bar.update(where.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def fetch_with_bar(name: str, source: str | None) -> Path:
+    """:func:`shufflenet.hub.fetch` with a :class:`DownloadBar`."""
+    from ..hub import fetch
+
+    bar = DownloadBar()
+    try:
+        return fetch(name, source, progress=bar)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def pretrained_weights(args: argparse.Namespace) -> Iterator[None]:
+    """While a verb runs with ``--pretrained [SOURCE]``: the published files fetched first
+    (with a bar), and for a verb that reads a weights file (``args.weights``), the weights of
+    ``--model NAME`` written to a temporary file named in ``args.weights``."""
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained in (None, False):
+        if getattr(args, "model_needs_pretrained", False) and args.model:
+            raise ValueError("--model NAME goes with --pretrained [SOURCE]: give --weights FILE")
+        yield
+        return
+    source = None if pretrained is True else pretrained
+    if not hasattr(args, "weights"):  # the verb builds the models itself (train, bench)
+        if hasattr(args, "models"):
+            from ..speed.baselines import BASELINES, expand_model_names
+
+            names = [n for n in expand_model_names(args.models) if n not in BASELINES]
+        else:
+            names = [args.model]
+        for name in names:
+            fetch_with_bar(name, source)
+        yield
+        return
+    if args.weights or not args.model:
+        raise ValueError("--pretrained goes with --model NAME, not --weights")
+    if getattr(args, "layout", None) or getattr(args, "num_classes", None) is not None:
+        raise ValueError("--pretrained loads the published network: drop --layout/--num-classes")
+    from ..hub import load_pretrained
+    from ..weights import save
+
+    bar = DownloadBar()
+    try:
+        model = load_pretrained(args.model, source, progress=bar)
+    finally:
+        bar.close()
+    meta = model.weights_metadata
+    with tempfile.TemporaryDirectory(prefix="shufflenet-pretrained-") as folder:
+        args.weights = str(
+            save(
+                model,
+                Path(folder) / f"{args.model}.safetensors",
+                class_names=meta["class_names"],
+                preprocessing=meta["preprocessing"],
+                pretrained=meta["pretrained"],
+            )
+        )
+        yield

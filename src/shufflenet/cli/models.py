@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
+from dataclasses import asdict
 from typing import Any
 
 from ..device import DEVICES
 from ..io import check_output_path
-from .common import input_size_arg, num_classes_arg, print_json, print_table
+from .common import fetch_with_bar, input_size_arg, num_classes_arg, print_json, print_table
 
 __all__ = ["add_parsers"]
 
@@ -168,8 +170,64 @@ def _profile_timing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from ..hub import MEGVII_RELEASES, cache_dir, cached_file, get_pretrained, list_pretrained
+
+    if args.download or args.path:
+        entry = get_pretrained(args.download or args.path)
+        if args.download:
+            path = fetch_with_bar(entry.model, entry.source)
+        else:
+            path = cache_dir() / entry.filename
+        if args.json:
+            print_json({**entry.to_dict(), "path": str(path)})
+        else:
+            print(path)
+        return 0
+    entries = list_pretrained(args.pattern)
+    manual = [
+        r for r in MEGVII_RELEASES if not args.pattern or fnmatch.filter(r.models, args.pattern)
+    ]
+    if not entries and not manual:
+        raise ValueError(f"no published weights for a model matching {args.pattern!r}")
+    cached = {e.tag: cached_file(e) for e in entries}
+    if args.json:
+        print_json(
+            {
+                "published": [
+                    {**e.to_dict(), "cached": str(cached[e.tag]) if cached[e.tag] else None}
+                    for e in entries
+                ],
+                "by_hand": [{**asdict(r), "command": r.command} for r in manual],
+            }
+        )
+        return 0
+    rows = [
+        (
+            e.model,
+            e.source,
+            f"{e.top1:g}",
+            f"{e.top5:g}",
+            e.size_mb,
+            "yes" if cached[e.tag] else "no",
+        )
+        for e in entries
+    ]
+    if rows:
+        print_table(rows, ("model", "source", "top-1", "top-5", "MB", "cached"))
+        print(f"\ncache: {cache_dir()}")
+    if manual:
+        print(
+            f"\nby hand: Megvii's releases ({manual[0].license} license), from "
+            f"{manual[0].download}; then `{manual[0].command}`"
+        )
+    for r in manual:
+        print(f"  {r.name}: {', '.join(r.models)} ({r.page})")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """The ``models`` and ``profile`` verbs."""
+    """The ``models``, ``profile`` and ``weights`` verbs."""
     p = sub.add_parser("models", help="list the models with params, FLOPs and paper numbers")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'shufflenet_v2*'")
     p.add_argument("--json", action="store_true", help="print JSON records")
@@ -191,3 +249,18 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--plot", help="with --timing: PNG path (default MODEL_timing.png)")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser(
+        "weights",
+        help="published ImageNet weights: list, download, where files go",
+        description="The weights torchvision and mmpretrain publish for these models (fetched "
+        "into torch's hub cache, $TORCH_HOME, and checked against their SHA-256), and Megvii's "
+        "releases, downloaded by hand. Offline: put the file at the --path shown, or in "
+        "$SHUFFLENET_WEIGHTS_DIR; $SHUFFLENET_WEIGHTS_URL names a mirror.",
+    )
+    p.add_argument("pattern", nargs="?", help="shell-style filter on model names")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--download", metavar="NAME[:SOURCE]", help="fetch one file, print its path")
+    what.add_argument("--path", metavar="NAME[:SOURCE]", help="print where its file goes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_weights)

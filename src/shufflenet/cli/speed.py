@@ -14,7 +14,7 @@ from ..speed.bench import COMPARISONS, BenchConfig, run_bench
 from ..speed.engines import AUTO, AUTO_ORDER, ENGINES, resolve_engine
 from ..speed.guidelines import GuidelinesConfig, plot_table, run_guidelines
 from ..speed.selection import plot_selection, select_model
-from .common import comma_list, input_size_arg, print_json, print_table, progress
+from .common import add_pretrained, comma_list, input_size_arg, print_json, print_table, progress
 
 __all__ = ["add_parsers"]
 
@@ -30,6 +30,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         runs=args.runs,
         warmup=args.warmup,
         compare=args.compare,
+        pretrained=args.pretrained or False,
     )
     result = run_bench(config, progress=progress)
     if args.json:
@@ -216,6 +217,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--compare", choices=COMPARISONS, help="also time torchvision's V2 in the same run"
     )
+    add_pretrained(p.add_argument, "each model")
     p.add_argument("--json", action="store_true", help="print JSON records")
     p.set_defaults(func=_cmd_bench)
 

@@ -15,14 +15,14 @@ Split, Transpose or Reshape at all:
   whole: a cost model (multiply-adds of padded chunks plus a price per conv node) picks, for
   each producer, which runs of consumers share;
 * a unit that reads a shared chunk may re-pack the channels later consumers need from it into
-  one dense chunk (a 1x1 conv with unit rows + ReLU, exact because they are ReLU outputs) when
-  that is cheaper than the later consumers reading the sparse chunks;
+  one dense chunk (an exact copy: a 1x1 conv with unit rows, + ReLU in ReLU models) when that
+  is cheaper than the later consumers reading the sparse chunks;
 * a consumer concatenates the chunks it needs, in any order, and its first conv gets weight
   columns in that physical order (zero for padding and for channels meant for others). Its own
   output is in natural order again. The next stride-2 unit and Conv5 absorb the stage output's
   order the same way (the depthwise conv per channel, the 1x1 convs per column).
 
-Zero rows give exact zeros after ReLU and zero columns add exact zeros, so the rewrite computes
+Zero rows stay zero through the activation, zero columns add exact zeros: the rewrite computes
 the same function as the original; only BatchNorm folding (in float64) rounds differently.
 
 **V1.** A depthwise conv commutes with a channel permutation (permute its per-channel weights),
@@ -111,11 +111,12 @@ OPENVINO = FastPathOptions(chunk_align=1, node_cost=0, split=True)
 EAGER = FastPathOptions(chunk_align=1, branch_align=1, stem_align=1, node_cost=0, split=True)
 
 
+_ACTIVATIONS = (nn.ReLU, nn.SiLU, nn.Hardswish)  # element-wise, 0 at 0: padding stays zero
 # The layers the rewrites know how to move channels through.
 _KNOWN_LAYERS = (
     nn.Conv2d,
     nn.BatchNorm2d,
-    nn.ReLU,
+    *_ACTIVATIONS,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
@@ -138,17 +139,17 @@ def fastpath_support(model: nn.Module) -> str | None:
     }
     if other:
         return f"layers the fast path does not rewrite: {', '.join(sorted(other))}"
+    acts = {type(m).__name__ for m in model.modules() if isinstance(m, _ACTIVATIONS)}
+    if isinstance(model, ShuffleNetV2) and len(acts) > 1:
+        return f"activations of more than one kind: {', '.join(sorted(acts))}"
     if any(isinstance(m, InvertedResidual) and not m.shuffle_free_form for m in model.modules()):
         return "units with a squeeze-excitation layer"
     return None
 
 
 def fast_model(model: nn.Module, options: FastPathOptions = ONNXRUNTIME) -> nn.Module:
-    """An eval-mode, BatchNorm-folded, shuffle-free copy of ``model`` (V1 or V2).
-
-    ``options`` applies to V2 only. Raises ``ValueError`` for models :func:`fastpath_support`
-    rejects.
-    """
+    """An eval-mode, BatchNorm-folded, shuffle-free copy of ``model`` (V1 or V2; ``options``
+    applies to V2 only). Raises ``ValueError`` for models :func:`fastpath_support` rejects."""
     reason = fastpath_support(model)
     if reason is not None:
         raise ValueError(f"no fast path: {reason}")
@@ -223,7 +224,7 @@ def _gather_channels(
 
 
 class _Step(nn.Module):
-    """Concatenate some slots, run ``body``, then ``heads`` (1x1 conv + ReLU each) into slots.
+    """Concatenate some slots, run ``body``, then ``heads`` (conv + activation each) into slots.
 
     Without heads the body's output fills the single output slot. With ``split`` a single head
     makes all chunks and a channel split cuts it.
@@ -261,8 +262,8 @@ class _Step(nn.Module):
             slots[i] = chunk
 
 
-def _conv_relu(weight: Tensor, bias: Tensor, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(_conv(weight, bias, stride, groups), nn.ReLU(inplace=True))
+def _conv_act(weight: Tensor, bias: Tensor, act: type[nn.Module], stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(_conv(weight, bias, stride), act(inplace=True))
 
 
 @dataclass
@@ -280,10 +281,11 @@ class _StagePlan:
 
 
 class _Planner:
-    """Builds the steps of :class:`FastShuffleNetV2` stage by stage."""
+    """Builds the steps of :class:`FastShuffleNetV2` stage by stage; ``act``: the activation."""
 
-    def __init__(self, options: FastPathOptions) -> None:
+    def __init__(self, options: FastPathOptions, act: type[nn.Module]) -> None:
         self.options = options
+        self.act = act
         self.steps: list[_Step] = []
         self.slots = 1  # slot 0 holds the network input
 
@@ -335,11 +337,11 @@ class _Planner:
             labels: list[Label | None] = [(producer, r) for r in rows] + [None] * (size - len(rows))
             chunks.append((w, b, labels))
         if opts.split and len(chunks) > 1:
-            head = _conv_relu(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+            weight, bias = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
             sizes = [len(labels) for _, _, labels in chunks]
-            slots = self.add(inputs, body, [head], sizes, len(chunks))
+            slots = self.add(inputs, body, [_conv_act(weight, bias, self.act)], sizes, len(chunks))
         else:
-            heads = [_conv_relu(w, b) for w, b, _ in chunks]
+            heads = [_conv_act(w, b, self.act) for w, b, _ in chunks]
             slots = self.add(inputs, body, heads, count=len(chunks))
         for slot, (_, _, labels) in zip(slots, chunks, strict=True):
             for consumer in sorted({stage.consumer_of[lab] for lab in labels if lab is not None}):
@@ -381,7 +383,7 @@ class _Planner:
         its physical-to-logical channel map.
         """
         first = units[0]
-        assert isinstance(first, InvertedResidual)
+        assert isinstance(first, InvertedResidual) and first.branch1 is not None
         width = self.branch_width(units)
         reads, output = stage_routes(_conv_params(first.branch2[5])[0].shape[0], len(units))
         end = len(units)
@@ -426,8 +428,8 @@ class _Planner:
     ) -> None:
         """Let unit ``k`` copy the channels that later consumers need from the chunks it
         shares with them into one dense chunk, when that costs less than their reading the
-        shared chunks. The copy is a 1x1 conv with unit rows + ReLU: exact, since every
-        channel is a ReLU output (>= 0)."""
+        shared chunks. The copy is a 1x1 conv with unit rows (exact), followed by a ReLU in
+        ReLU models (exact too: every channel is a ReLU output, >= 0)."""
         later = {c: chunks for c, chunks in routes.items() if c > k}
         shared = {s for s, _ in routes[k]} & {s for cs in later.values() for s, _ in cs}
         keep = [(j, lab) for j, lab in enumerate(labels) if lab and plan.consumer_of[lab] > k]
@@ -447,7 +449,8 @@ class _Planner:
         weight = torch.zeros(size, len(labels), 1, 1)
         for row, (j, _) in enumerate(keep):
             weight[row, j] = 1.0
-        (packed,) = self.add([slot], nn.Identity(), [_conv_relu(weight, torch.zeros(size))])
+        head = _conv_act(weight, torch.zeros(size), nn.ReLU if self.act is nn.ReLU else nn.Identity)
+        (packed,) = self.add([slot], nn.Identity(), [head])
         chunk: Chunk = (packed, [lab for _, lab in keep] + [None] * (size - len(keep)))
         for c, chunks in later.items():
             routes[c] = [ch for ch in chunks if ch[0] not in shared] + [chunk] * (c in readers)
@@ -457,14 +460,13 @@ class _Planner:
         half = _conv_params(units[0].branch2[5])[0].shape[0]  # type: ignore[index]
         return _round_up(half, self.options.branch_align)
 
-    @staticmethod
     def _branch_body(
-        w1: Tensor, b1: Tensor, depthwise: nn.Module, width: int, stride: int
+        self, w1: Tensor, b1: Tensor, depthwise: nn.Module, width: int, stride: int
     ) -> nn.Sequential:
-        """1x1 conv + ReLU -> depthwise conv, padded to ``width`` channels."""
+        """1x1 conv + activation -> depthwise conv, padded to ``width`` channels."""
         dw_w, dw_b = _pad_rows(*_conv_params(depthwise), width)
         return nn.Sequential(
-            *_conv_relu(*_pad_rows(w1, b1, width)), _conv(dw_w, dw_b, stride, groups=width)
+            *_conv_act(*_pad_rows(w1, b1, width), self.act), _conv(dw_w, dw_b, stride, groups=width)
         )
 
 
@@ -480,11 +482,11 @@ class FastShuffleNetV2(nn.Module):
         if model.layout != "torchvision":
             raise ValueError("FastShuffleNetV2 needs a torchvision-layout ShuffleNetV2")
         fused = cast(ShuffleNetV2, fuse_bn(model))
-        planner = _Planner(options)
+        planner = _Planner(options, act=type(fused.conv1[2]))  # type: ignore[index]
         w, b = _conv_params(fused.conv1[0])  # type: ignore[index]
         stem = _round_up(w.shape[0], options.stem_align)
-        body = nn.Sequential(*_conv_relu(*_pad_rows(w, b, stem), 2), nn.MaxPool2d(3, 2, 1))
-        (slot,) = planner.add([0], body)
+        stem_conv = _conv_act(*_pad_rows(w, b, stem), planner.act, 2)
+        (slot,) = planner.add([0], nn.Sequential(*stem_conv, nn.MaxPool2d(3, 2, 1)))
         physical = list(range(w.shape[0])) + [-1] * (stem - w.shape[0])
         stages = [fused.stage2, fused.stage3, fused.stage4]
         w5, b5 = _conv_params(fused.conv5[0])  # type: ignore[index]
@@ -496,8 +498,8 @@ class FastShuffleNetV2(nn.Module):
                 end_cost = w5.shape[0]
             pixels = (224 // 2 ** (i + 3)) ** 2
             slot, physical = planner.stage(stage, slot, physical, pixels, end_cost)
-        w, b = w5, b5
-        (self.features_slot,) = planner.add([slot], _conv_relu(_gather_columns(w, physical), b))
+        conv5 = _conv_act(_gather_columns(w5, physical), b5, planner.act)
+        (self.features_slot,) = planner.add([slot], conv5)
         self.steps = nn.ModuleList(planner.steps)
         self.slots = planner.slots
         last_read = {i: n for n, step in enumerate(planner.steps) for i in step.inputs}

@@ -25,6 +25,7 @@ __all__ = [
     "list_models",
     "register_model",
     "register_models",
+    "register_pretrained_loader",
 ]
 
 
@@ -40,6 +41,7 @@ class ModelInfo:
     paper_params_m: float | None = None
     paper_top1_err: float | None = None
     reference_top1: dict[str, float] = field(default_factory=dict)
+    paper_source: str | None = None  # who published the paper columns; None: the family's paper
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     @property
@@ -49,6 +51,14 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+# Loads published weights into a model built here: ``(model, source or True)``. Set by
+# :mod:`shufflenet.hub` (a higher layer) when ``shufflenet`` is imported.
+_pretrained_loader: list[Callable[[ShuffleNetBase, str | bool], None]] = []
+
+
+def register_pretrained_loader(loader: Callable[[ShuffleNetBase, str | bool], None]) -> None:
+    """Make ``loader`` the one that ``create_model(..., pretrained=...)`` calls."""
+    _pretrained_loader[:] = [loader]
 
 
 def register_model(info: ModelInfo) -> ModelInfo:
@@ -108,6 +118,12 @@ def create_model(
     C2..C5, default all four): then the model is a :class:`~.backbone.ShuffleNetFeatures`
     returning those maps as a list, without the layers after the last one.
 
+    ``pretrained=True`` loads the published weights of the model's default source,
+    ``pretrained="SOURCE"`` those of that source (:mod:`shufflenet.hub`: fetched once, checked
+    against their hash, converted); with a ``num_classes`` other than theirs the classifier
+    stays fresh (fine-tuning). The model then carries their preprocessing and class names in
+    ``model.weights_metadata``, as a loaded weights file does.
+
     The model remembers how it was built in ``model.model_config`` so that ``shufflenet.save``
     can record it and ``shufflenet.load`` can rebuild it (``features_only`` models excepted:
     save the classification model; its weights fit the backbone).
@@ -115,6 +131,9 @@ def create_model(
     info = get_model_info(name)
     if not isinstance(features_only, bool):
         raise ValueError(f"features_only must be True or False, got {features_only!r}")
+    pretrained = kwargs.pop("pretrained", None) or False
+    if not isinstance(pretrained, bool | str):
+        raise ValueError(f"pretrained must be True, False or a source name, got {pretrained!r}")
     out_indices = kwargs.pop("out_indices", None)
     if out_indices is not None and not features_only:
         raise ValueError("out_indices chooses feature maps: it needs features_only=True")
@@ -123,6 +142,8 @@ def create_model(
     }
     model = info.builder(**kwargs)
     model.model_config = {"name": name, **kwargs}
+    if pretrained is not False:
+        _pretrained_loader[0](model, pretrained)
     if features_only:
         if out_indices is None:
             out_indices = tuple(range(len(model.feature_info)))

@@ -7,12 +7,17 @@ with two groups. A stride-2 unit feeds the whole input to both branches and doub
 
 ``layout="megvii"`` builds the official (Megvii) release's variant instead, whose units differ in
 structure (see :class:`MegviiInvertedResidual`) and whose classifier has no bias.
+
+PaddleClas's ShuffleNetV2 adds two narrower widths (0.25x and 0.33x, with a 512-wide Conv5) and
+a 1x "swish" variant with SiLU (``x * sigmoid(x)``) in place of every ReLU, Conv1's and Conv5's
+included; its units are this module's (torchvision's) in structure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +32,7 @@ from .base import (
     depthwise_conv,
     make_act,
 )
-from .ops import channel_shuffle, channel_split, concat_shuffle
+from .ops import channel_shuffle, channel_split, concat_shuffle_list
 from .registry import ModelInfo, register_models
 
 __all__ = [
@@ -38,13 +43,19 @@ __all__ = [
     "MegviiInvertedResidual",
     "ShuffleNetV2",
     "shufflenet_v2_x0_5",
+    "shufflenet_v2_x0_25",
+    "shufflenet_v2_x0_33",
     "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_0_swish",
     "shufflenet_v2_x1_5",
     "shufflenet_v2_x2_0",
 ]
 
-# Table 5: output channels of Conv1, Stage2, Stage3, Stage4 and Conv5.
+# Output channels of Conv1, Stage2, Stage3, Stage4 and Conv5: Table 5, and PaddleClas's 0.25x
+# and 0.33x.
 V2_WIDTHS: dict[str, tuple[int, int, int, int, int]] = {
+    "0_25": (24, 24, 48, 96, 512),
+    "0_33": (24, 32, 64, 128, 512),
     "0_5": (24, 48, 96, 192, 1024),
     "1_0": (24, 116, 232, 464, 1024),
     "1_5": (24, 176, 352, 704, 1024),
@@ -104,8 +115,6 @@ class InvertedResidual(nn.Module):
     without its shuffle: the paper's branches can, a branch ending in ``se_layer`` cannot.
     """
 
-    shuffle_free_form: bool
-
     def __init__(
         self,
         in_channels: int,
@@ -119,17 +128,19 @@ class InvertedResidual(nn.Module):
         check_split_unit(in_channels, out_channels, stride)
         self.stride = stride
         half = out_channels // 2
+        # Stride 2 only: None at stride 1 (TorchScript compiles both branches of forward).
+        self.branch1: nn.Sequential = None  # type: ignore[assignment]
         if stride == 2:
             self.branch1 = _projection_branch(in_channels, half, stride, norm_layer, act_layer)
         branch_in = in_channels if stride == 2 else half
         self.branch2 = _main_branch(branch_in, half, half, stride, norm_layer, act_layer, se_layer)
-        self.shuffle_free_form = se_layer is None
+        self.shuffle_free_form: bool = se_layer is None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
+        if self.branch1 is None:  # stride 1
             identity, x = channel_split(x)
-            return concat_shuffle(identity, self.branch2(x))
-        return concat_shuffle(self.branch1(x), self.branch2(x))
+            return concat_shuffle_list([identity, self.branch2(x)])
+        return concat_shuffle_list([self.branch1(x), self.branch2(x)])
 
 
 class MegviiInvertedResidual(nn.Module):
@@ -156,8 +167,10 @@ class MegviiInvertedResidual(nn.Module):
         if stride == 2 and out_channels <= in_channels:
             raise ValueError(f"a stride-2 unit must widen, got {in_channels} -> {out_channels}")
         self.stride = stride
+        self.shuffle_groups = in_channels // 2  # stride 1: the even | odd split
         mid = out_channels // 2
         parts = (norm_layer, act_layer)
+        self.branch1: nn.Sequential = None  # type: ignore[assignment]  # stride 2 only
         if stride == 2:
             self.branch1 = _projection_branch(in_channels, in_channels, stride, *parts)
             branch_out = out_channels - in_channels
@@ -166,8 +179,8 @@ class MegviiInvertedResidual(nn.Module):
             self.branch2 = _main_branch(mid, mid, mid, stride, *parts, se_layer)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
-            identity, x = channel_split(channel_shuffle(x, x.shape[1] // 2))  # even | odd
+        if self.branch1 is None:  # stride 1
+            identity, x = channel_split(channel_shuffle(x, self.shuffle_groups))  # even | odd
             return torch.cat((identity, self.branch2(x)), 1)
         return torch.cat((self.branch1(x), self.branch2(x)), 1)
 
@@ -185,11 +198,13 @@ class ShuffleNetV2(ShuffleNetBase):
         norm_layer, act_layer, se_layer: the blocks' layers (see :class:`InvertedResidual`).
     """
 
-    conv1: nn.Sequential
-    maxpool: nn.Module
-    stage2: nn.Sequential
-    stage3: nn.Sequential
-    stage4: nn.Sequential
+    last_conv_name = "conv5"
+    if TYPE_CHECKING:  # TorchScript cannot read these annotations
+        conv1: nn.Sequential
+        maxpool: nn.Module
+        stage2: nn.Sequential
+        stage3: nn.Sequential
+        stage4: nn.Sequential
 
     def __init__(
         self,
@@ -233,6 +248,9 @@ class ShuffleNetV2(ShuffleNetBase):
         self._build_head(last)
         self.init_weights()
 
+    def _scripted_trunk(self, x: Tensor) -> Tensor:
+        return self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x)))))
+
     def _last_conv(self, x: Tensor) -> Tensor:
         return self.conv5(x)
 
@@ -243,6 +261,16 @@ def _v2(width: str, **kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(V2_REPEATS, V2_WIDTHS[width], **kwargs)
 
 
+def shufflenet_v2_x0_25(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 0.25x, PaddleClas's (see :class:`ShuffleNetV2`)."""
+    return _v2("0_25", **kwargs)
+
+
+def shufflenet_v2_x0_33(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 0.33x, PaddleClas's (see :class:`ShuffleNetV2`)."""
+    return _v2("0_33", **kwargs)
+
+
 def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
     """ShuffleNet V2 0.5x (see :class:`ShuffleNetV2`)."""
     return _v2("0_5", **kwargs)
@@ -250,6 +278,13 @@ def shufflenet_v2_x0_5(**kwargs) -> ShuffleNetV2:
 
 def shufflenet_v2_x1_0(**kwargs) -> ShuffleNetV2:
     """ShuffleNet V2 1x (see :class:`ShuffleNetV2`)."""
+    return _v2("1_0", **kwargs)
+
+
+def shufflenet_v2_x1_0_swish(**kwargs) -> ShuffleNetV2:
+    """ShuffleNet V2 1x with SiLU (swish) activations, PaddleClas's ShuffleNetV2_swish (see
+    :class:`ShuffleNetV2`)."""
+    kwargs.setdefault("act_layer", nn.SiLU)
     return _v2("1_0", **kwargs)
 
 
@@ -264,8 +299,33 @@ def shufflenet_v2_x2_0(**kwargs) -> ShuffleNetV2:
 
 
 # The paper's MFLOPs, parameters (M) and top-1 error in % (Table 5 / Table 8), torchvision's
-# published top-1 and its resize for each width.
+# published top-1 and its resize for each width; PaddleClas's top-1 (resize 256). For PaddleClas's
+# own widths and swish variant the paper columns are PaddleClas's model list: its top-1, and
+# paddle.flops()'s counts, which add 2 operations per BatchNorm input element and the global
+# pool's to the multiply-adds, and BatchNorm's running statistics to the parameters.
 V2_MODELS = register_models(
+    ModelInfo(
+        "shufflenet_v2_x0_25",
+        "v2",
+        shufflenet_v2_x0_25,
+        "ShuffleNet V2 0.25x (PaddleClas)",
+        paper_mflops=18.95,
+        paper_params_m=0.61,
+        paper_top1_err=50.10,
+        reference_top1={"paddleclas": 49.90},
+        paper_source="PaddleClas",
+    ),
+    ModelInfo(
+        "shufflenet_v2_x0_33",
+        "v2",
+        shufflenet_v2_x0_33,
+        "ShuffleNet V2 0.33x (PaddleClas)",
+        paper_mflops=24.04,
+        paper_params_m=0.65,
+        paper_top1_err=46.27,
+        reference_top1={"paddleclas": 53.73},
+        paper_source="PaddleClas",
+    ),
     ModelInfo(
         "shufflenet_v2_x0_5",
         "v2",
@@ -274,7 +334,7 @@ V2_MODELS = register_models(
         paper_mflops=41,
         paper_params_m=1.4,
         paper_top1_err=39.7,
-        reference_top1={"torchvision": 60.552},
+        reference_top1={"torchvision": 60.552, "paddleclas": 60.32},
         preprocessing=Preprocessing(resize=256),
     ),
     ModelInfo(
@@ -285,7 +345,7 @@ V2_MODELS = register_models(
         paper_mflops=146,
         paper_params_m=2.3,
         paper_top1_err=30.6,
-        reference_top1={"torchvision": 69.362},
+        reference_top1={"torchvision": 69.362, "paddleclas": 68.80},
         preprocessing=Preprocessing(resize=256),
     ),
     ModelInfo(
@@ -296,7 +356,7 @@ V2_MODELS = register_models(
         paper_mflops=299,
         paper_params_m=3.5,
         paper_top1_err=27.4,
-        reference_top1={"torchvision": 72.996},
+        reference_top1={"torchvision": 72.996, "paddleclas": 71.63},
         preprocessing=Preprocessing(resize=232),
     ),
     ModelInfo(
@@ -307,7 +367,18 @@ V2_MODELS = register_models(
         paper_mflops=591,
         paper_params_m=7.4,
         paper_top1_err=25.1,
-        reference_top1={"torchvision": 76.230},
+        reference_top1={"torchvision": 76.230, "paddleclas": 73.15},
         preprocessing=Preprocessing(resize=232),
+    ),
+    ModelInfo(
+        "shufflenet_v2_x1_0_swish",
+        "v2",
+        shufflenet_v2_x1_0_swish,
+        "ShuffleNet V2 1.0x, SiLU (PaddleClas's swish)",
+        paper_mflops=148.86,
+        paper_params_m=2.29,
+        paper_top1_err=29.97,
+        reference_top1={"paddleclas": 70.03},
+        paper_source="PaddleClas",
     ),
 )

@@ -30,6 +30,7 @@ __all__ = [
     "build_model",
     "build_torchvision_counterpart",
     "expand_model_names",
+    "has_torchvision_counterpart",
     "model_card",
 ]
 
@@ -112,27 +113,36 @@ def model_card(name: str) -> ModelCard:
             return ModelCard(name, "baseline", b.paper_top1, b.paper_source, b.paper_mflops)
         return ModelCard(name, "baseline", b.torchvision_top1, "torchvision", b.paper_mflops)
     info = get_model_info(name)
-    source = f"ShuffleNet {info.family.upper()} paper" if info.paper_top1 is not None else None
+    paper = info.paper_source or f"ShuffleNet {info.family.upper()} paper"
+    source = paper if info.paper_top1 is not None else None
     return ModelCard(name, info.family, info.paper_top1, source, info.paper_mflops)
 
 
-def build_model(name: str, num_classes: int = 1000) -> nn.Module:
-    """Build one of our models or a baseline with random weights, in eval mode."""
+def build_model(name: str, num_classes: int = 1000, pretrained: bool | str = False) -> nn.Module:
+    """Build one of our models or a baseline with random weights, in eval mode; ours with
+    their published weights if ``pretrained`` (``create_model``'s)."""
     if name in BASELINES:
+        if pretrained is not False:
+            raise ValueError(f"pretrained applies to this package's models, not {name}")
         import torchvision
 
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes).eval()
     from ..models import create_model
 
-    return create_model(name, num_classes=num_classes).eval()
+    return create_model(name, num_classes=num_classes, pretrained=pretrained).eval()
+
+
+def has_torchvision_counterpart(name: str) -> bool:
+    """Whether torchvision builds our model ``name`` too (its four V2 widths)."""
+    return name not in BASELINES and "torchvision" in get_model_info(name).reference_top1
 
 
 def build_torchvision_counterpart(name: str, num_classes: int = 1000) -> nn.Module:
     """torchvision's implementation of our V2 model ``name`` (random weights, eval mode)."""
-    if get_model_info(name).family != "v2":
+    if not has_torchvision_counterpart(name):
         raise ValueError(
-            f"torchvision has no implementation of {name!r}: only ShuffleNet V2 models "
-            "can be compared with torchvision's"
+            f"torchvision has no implementation of {name!r}: only its four ShuffleNet V2 "
+            "widths can be compared with torchvision's"
         )
     import torchvision
 

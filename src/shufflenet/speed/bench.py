@@ -28,6 +28,7 @@ from .baselines import (
     build_model,
     build_torchvision_counterpart,
     expand_model_names,
+    has_torchvision_counterpart,
     model_card,
 )
 from .engines import (
@@ -90,6 +91,7 @@ class BenchConfig:
     runs: int = 30
     warmup: int = 5
     compare: str | None = None  # one of COMPARISONS: also time torchvision's V2 in the same run
+    pretrained: bool | str = False  # our models with their published weights (shufflenet.hub)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with an actionable message for any bad setting."""
@@ -162,11 +164,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     subjects: list[tuple[str, str, nn.Module]] = []
     for name in names:
         impl = "torchvision" if name in BASELINES else "shufflenet"
-        subjects.append((name, impl, build_model(name)))
-        if config.compare and impl == "shufflenet" and model_card(name).family == "v2":
+        subjects.append((name, impl, build_model(name, pretrained=config.pretrained)))
+        if config.compare and impl == "shufflenet" and has_torchvision_counterpart(name):
             subjects.append((name, "torchvision", build_torchvision_counterpart(name)))
     if config.compare and len(subjects) == len(names):
-        raise ValueError(f"compare={config.compare!r} needs at least one ShuffleNet V2 model")
+        raise ValueError(
+            f"compare={config.compare!r} needs one of torchvision's ShuffleNet V2 widths"
+        )
     h, w = config.input_size
     kind = resolve_device(config.device).type  # records say "cpu" or "cuda"
     mflops = {(n, i): profile(m, (3, h, w)).flops / 1e6 for n, i, m in subjects}
