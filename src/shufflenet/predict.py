@@ -19,6 +19,7 @@ open it in a child process first (:func:`shufflenet.runtimes.probe`).
 from __future__ import annotations
 
 import functools
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .export.formats import FORMATS, format_of
 from .export.runtime import OpenedModel, Runtime
 from .io import open_regular
+from .limits import check_batch
 from .preprocessing import imagenet_classes
 from .weights import error_reason
 
@@ -46,7 +48,12 @@ __all__ = [
     "default_engine",
     "find_images",
     "predict",
+    "read_image_file",
 ]
+
+# The largest image file read (a 100-megapixel JPEG is about 50 MB).
+MAX_IMAGE_BYTES = 1 << 28
+NON_FINITE = "the model's outputs are not finite (NaN or infinite): its weights are damaged"
 
 
 def class_names_of(metadata: dict[str, Any]) -> list[str]:
@@ -62,15 +69,20 @@ def class_names_of(metadata: dict[str, Any]) -> list[str]:
 
 @dataclass
 class Prediction:
-    """The ``topk`` classes of one image, best first, or why it could not be predicted."""
+    """The ``topk`` classes of one image, best first, or why it could not be predicted;
+    ``features``: the pooled embedding the classifier reads, where asked for."""
 
     path: str
     top: list[tuple[str, int, float]] = field(default_factory=list)  # (name, index, prob)
     error: str | None = None
+    features: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         top = [{"class": n, "index": i, "probability": p} for n, i, p in self.top]
-        return {"path": self.path, "top": top, "error": self.error}
+        record: dict[str, Any] = {"path": self.path, "top": top, "error": self.error}
+        if self.features is not None:
+            record["features"] = self.features
+        return record
 
 
 Logits = Callable[[Tensor], np.ndarray]  # a preprocessed (N, C, H, W) batch -> raw outputs
@@ -84,20 +96,43 @@ def default_engine(path: str | os.PathLike[str]) -> str:
     return "torch" if runtime is None else runtime.name
 
 
-def _torch_engine(path: Path) -> tuple[dict[str, Any], Logits]:
-    """Our safetensors weights in PyTorch."""
+class _TorchLogits:
+    """A model's outputs in PyTorch; :meth:`with_features` also returns the input of its
+    classifier ``fc`` (the pooled embedding)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, batch: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(batch).numpy()
+
+    def with_features(self, batch: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        seen: list[Tensor] = []
+        network = getattr(self.model, "model", self.model)  # optimize() wraps the network
+        fc = network.get_submodule("fc")
+        hook = fc.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+        try:
+            logits = self(batch)
+        finally:
+            hook.remove()
+        return logits, seen[0].float().numpy()
+
+
+def _torch_engine(path: Path, fast: bool = False) -> tuple[dict[str, Any], Logits]:
+    """Our safetensors weights in PyTorch; ``fast``: BatchNorm folded, shuffle-free and
+    channels_last (:func:`shufflenet.deploy.optimize`, eager), the same outputs within 1e-4."""
     from .weights import load
 
     engine = default_engine(path)
     if engine != "torch":
         raise ValueError(f"{path} is an exported file: predict it with engine={engine!r}")
     model = load(path)
+    if not fast:
+        return model.weights_metadata, _TorchLogits(model)
+    from .deploy import optimize
 
-    def logits(batch: Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return model(batch).numpy()
-
-    return model.weights_metadata, logits
+    return model.weights_metadata, _TorchLogits(optimize(model, backend="eager"))
 
 
 def _runtime_engine(format: str, runtime: Runtime) -> Engine:
@@ -153,14 +188,48 @@ def _engines() -> dict[str, Engine]:
 ENGINES: dict[str, Engine] = _engines()
 
 
+def unreadable(error: Exception) -> ValueError:
+    """The error of an image that PIL (or a decoder) could not read, saying why."""
+    if isinstance(error, UnidentifiedImageError):
+        return ValueError("not a readable image (no image format PIL knows, or damaged)")
+    return ValueError(f"not a readable image ({str(error) or type(error).__name__})")
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of an image file, at most :data:`MAX_IMAGE_BYTES`; ``ValueError`` saying why
+    it cannot be read. Only regular files are read, checked on the open file: a FIFO would
+    block, a device never end (:func:`~shufflenet.io.open_regular`)."""
+    if path.is_dir():
+        raise ValueError("a directory without image files")
+    try:
+        file = open_regular(path)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except ValueError:
+        raise ValueError("not a regular file (a FIFO, socket or device): refused") from None
+    except OSError as e:
+        raise ValueError(f"cannot read it ({e.strerror})") from None
+    try:
+        with file:
+            data = file.read(MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read it ({e.strerror})") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"larger than {MAX_IMAGE_BYTES} bytes: refused")
+    return data
+
+
 class Predictor:
     """A weights file ready to classify images with ``engine`` (default: the file's own).
 
     An exported file runs in its format's runtime; our safetensors files in PyTorch, or in a
-    runtime through an in-memory export (ONNX Runtime; see :data:`ENGINES`).
+    runtime through an in-memory export (ONNX Runtime; see :data:`ENGINES`). ``fast``: the
+    ``torch`` engine runs the optimised form of the model (:func:`shufflenet.deploy.optimize`).
     """
 
-    def __init__(self, weights: str | os.PathLike[str], engine: str | None = None) -> None:
+    def __init__(
+        self, weights: str | os.PathLike[str], engine: str | None = None, *, fast: bool = False
+    ) -> None:
         from .data import build_eval_transform
 
         path = Path(weights)
@@ -172,7 +241,10 @@ class Predictor:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.engine = engine
-        self.metadata, self._logits = ENGINES[engine](path)
+        if engine == "torch":
+            self.metadata, self._logits = _torch_engine(path, fast)
+        else:
+            self.metadata, self._logits = ENGINES[engine](path)
         if int(self.metadata.get("num_classes", 0)) < 1:
             raise ValueError(f"{path} has no classifier (num_classes 0): nothing to predict")
         self.class_names = class_names_of(self.metadata)
@@ -181,32 +253,66 @@ class Predictor:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        size = self.metadata["preprocessing"]["input_size"]
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
     def logits(self, batch: Tensor) -> np.ndarray:
         """Raw outputs for a preprocessed (N, C, H, W) batch."""
         return self._logits(batch)
 
-    def load_image(self, path: Path) -> Tensor:
-        """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable.
+    def check(self, topk: int, batch_size: int, features: bool = False) -> int:
+        """``ValueError`` for a ``topk``, ``batch_size`` or ``features`` this model cannot
+        run; the number of classes a prediction lists."""
+        if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        check_batch(batch_size, (3, *self.input_size))
+        if features and not isinstance(self._logits, _TorchLogits):
+            raise ValueError(
+                f"features need engine 'torch' (a weights file): engine {self.engine!r} "
+                "runs a file whose only output is the logits"
+            )
+        return min(topk, len(self.class_names))
 
-        Only regular files are read, checked on the open file: a FIFO would block, a device
-        never end (:func:`~shufflenet.io.open_regular`).
-        """
-        if path.is_dir():
-            raise ValueError("a directory without image files")
+    def classify(
+        self, paths: Sequence[str], batch: Tensor, topk: int, features: bool = False
+    ) -> list[Prediction]:
+        """A :class:`Prediction` for each preprocessed image of ``batch``, named by ``paths``;
+        an image whose outputs are not finite gets an ``error``."""
+        k = self.check(topk, len(paths), features)
+        embedding = None
+        if features:
+            assert isinstance(self._logits, _TorchLogits)
+            raw, embedding = self._logits.with_features(batch)
+        else:
+            raw = self.logits(batch)
+        logits = torch.from_numpy(raw).float()
+        finite = logits.isfinite().all(1).tolist()
+        values, indices = logits.softmax(1).topk(k, dim=1)
+        results = []
+        for n, (path, ok, vals, idxs) in enumerate(
+            zip(paths, finite, values.tolist(), indices.tolist(), strict=True)
+        ):
+            if not ok:
+                results.append(Prediction(path, error=NON_FINITE))
+                continue
+            top = [(self.class_names[c], c, float(v)) for v, c in zip(vals, idxs, strict=True)]
+            feats = None if embedding is None else embedding[n].tolist()
+            results.append(Prediction(path, top, features=feats))
+        return results
+
+    def load_image(self, path: Path) -> Tensor:
+        """Decode ``path`` and apply the preprocessing; raises ``ValueError`` if unreadable
+        (:func:`read_image_file`)."""
+        data = read_image_file(path)
         try:
-            file = open_regular(path)
-        except FileNotFoundError:
-            raise ValueError("no such file") from None
-        except ValueError:
-            raise ValueError("not a regular file (a FIFO, socket or device): refused") from None
-        except OSError as e:
-            raise ValueError(f"cannot read it ({e.strerror})") from None
-        try:
-            with file, Image.open(file) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return self.transform(image)
         except Exception as e:  # PIL raises many types for truncated or foreign files
-            raise ValueError(f"not a readable image ({str(e) or type(e).__name__})") from None
+            raise unreadable(e) from None
 
     def predict(
         self, paths: Sequence[Path], topk: int = 5, batch_size: int = 16
@@ -214,7 +320,6 @@ class Predictor:
         """One :class:`Prediction` per path, in order."""
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        k = min(topk, len(self.class_names))
         results = [Prediction(str(p)) for p in paths]
         for start in range(0, len(paths), batch_size):
             good, tensors = [], []
@@ -224,23 +329,11 @@ class Predictor:
                     good.append(i)
                 except ValueError as e:
                     results[i].error = str(e)
-            if not tensors:
-                continue
-            logits = torch.from_numpy(self.logits(torch.stack(tensors))).float()
-            finite = logits.isfinite().all(1).tolist()
-            values, indices = logits.softmax(1).topk(k, dim=1)
-            for i, ok, vals, idxs in zip(
-                good, finite, values.tolist(), indices.tolist(), strict=True
-            ):
-                if not ok:
-                    results[i].error = (
-                        "the model's outputs are not finite (NaN or infinite): its weights "
-                        "are damaged"
-                    )
-                    continue
-                results[i].top = [
-                    (self.class_names[c], c, float(v)) for v, c in zip(vals, idxs, strict=True)
-                ]
+            if tensors:
+                names = [results[i].path for i in good]
+                rows = self.classify(names, torch.stack(tensors), topk)
+                for i, row in zip(good, rows, strict=True):
+                    results[i] = row
         return results
 
 
