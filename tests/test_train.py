@@ -203,29 +203,31 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 def test_an_optimizer_or_a_schedule_is_one_row(tmp_path, monkeypatch, capsys):
     # A row in each table is all it takes: the config, the run and the CLI's choices take it.
-    def adamw(groups, lr, momentum):
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    def adamax(groups, lr, momentum):
+        return torch.optim.Adamax(groups, lr=lr, betas=(momentum, 0.999))
 
-    monkeypatch.setitem(OPTIMIZERS, "adamw", adamw)
+    monkeypatch.setitem(OPTIMIZERS, "adamax", adamax)
     monkeypatch.setitem(SCHEDULES, "constant", lambda progress: 1.0)
     parser = build_parser()
-    argv = ["train", TINY, "--optimizer", "adamw", "--schedule", "constant"]
+    argv = ["train", TINY, "--optimizer", "adamax", "--schedule", "constant"]
     args = parser.parse_args(argv)
-    assert (args.optimizer, args.schedule) == ("adamw", "constant")
+    assert (args.optimizer, args.schedule) == ("adamax", "constant")
     with pytest.raises(SystemExit):
         parser.parse_args(["train", TINY, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "sgd, adamw (default sgd" in help_text and "linear, cosine, constant:" in help_text
+    assert "sgd, sgd_nesterov, adamw, adamax (default: the recipe's" in help_text
+    assert "linear, cosine, constant:" in help_text
     with pytest.raises(SystemExit) as e:
         main(["train", TINY, "--optimizer", "lion"])
     assert e.value.code == 2 and "invalid choice: 'lion'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw, got 'lion'"):
+    rows = "sgd, sgd_nesterov, adamw, adamax"
+    with pytest.raises(ValueError, match=f"optimizer must be one of {rows}, got 'lion'"):
         TrainConfig(model=TINY, optimizer="lion").validated()
     quick = {**QUICK, "limit_train_batches": 2, "bn_recalibrate": 0}
-    config = TrainConfig(model=TINY, epochs=1, optimizer="adamw", schedule="constant", **quick)
+    config = TrainConfig(model=TINY, epochs=1, optimizer="adamax", schedule="constant", **quick)
     result = fit(replace(config, out=str(tmp_path / "r")))
     state = read_checkpoint(result.checkpoint_path)["optimizer"]["state"]
-    assert {"exp_avg", "exp_avg_sq"} <= set(state[0])  # AdamW trained it
+    assert {"exp_avg", "exp_inf"} <= set(state[0])  # Adamax trained it
     assert result.history[-1]["lr"] == pytest.approx(config.validated().lr)  # never decayed
 
 
@@ -266,18 +268,10 @@ def test_help_quotes_the_real_defaults():
     d = TrainConfig()
     assert d.lr is None and "0.5 x batch/1024" in helps["lr"]
     assert d.epochs is None and "about 600 optimizer steps" in helps["epochs"]
-    for name in (
-        "batch_size",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "label_smoothing",
-        "schedule",
-        "warmup_epochs",
-        "seed",
-        "drop_rate",
-    ):
+    for name in ("batch_size", "momentum", "seed", "drop_rate"):
         assert f"default {getattr(d, name)}" in helps[name], name
+    for name in ("optimizer", "weight_decay", "label_smoothing", "schedule", "warmup_epochs"):
+        assert getattr(d, name) is None and "default: the recipe's" in helps[name], name
     assert d.data in helps["data"] and f"default {d.bn_recalibrate};" in helps["bn_recalibrate"]
 
 
@@ -461,8 +455,8 @@ def test_epochs_chosen_logged_recorded_and_kept_on_resume(tmp_path, monkeypatch)
 
     seen = []
 
-    def choose(steps):
-        seen.append(steps)
+    def choose(steps, budget):
+        seen.append((steps, budget))
         return 2
 
     monkeypatch.setattr(loop, "choose_epochs", choose)
@@ -471,12 +465,12 @@ def test_epochs_chosen_logged_recorded_and_kept_on_resume(tmp_path, monkeypatch)
     config = TrainConfig(model=TINY, out=str(out), **{**QUICK, "limit_train_batches": 3})
     assert config.epochs is None
     first = fit(replace(config), log=lines.append)
-    assert seen == [3] and first.epochs == 2 and len(first.history) == 2
+    assert seen == [(3, 600)] and first.epochs == 2 and len(first.history) == 2
     assert any(line.startswith("epochs: 2, chosen for about 600 optimizer steps") for line in lines)
     assert read_checkpoint(out / "checkpoint.pt")["config"]["epochs"] == 2
     # resuming without epochs keeps the run's length (nothing left to do); another one is refused
     again = fit(replace(config, resume=True), log=lines.append)
-    assert again.epochs == 2 and seen == [3]
+    assert again.epochs == 2 and seen == [(3, 600)]
     with pytest.raises(ValueError, match="epochs 3"):
         fit(replace(config, resume=True, epochs=3))
 

@@ -42,6 +42,7 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, check_input_size
 
 __all__ = [
     "AUGMENTATIONS",
+    "AUTO_AUGMENTS",
     "DIGITS",
     "DIGITS_CLASSES",
     "DIGITS_MEAN",
@@ -50,6 +51,7 @@ __all__ = [
     "DataSplits",
     "DigitsDataset",
     "FolderReport",
+    "batch_mixer",
     "build_eval_transform",
     "build_train_transform",
     "check_image_folder",
@@ -70,17 +72,26 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
 # auto: "light" for digits, "imagenet" for folders of photos.
 AUGMENTATIONS = ("auto", "imagenet", "light", "none")
+# Policies drawn per image on top of an augmentation level: torchvision's TrivialAugmentWide
+# and RandAugment (2 operations of magnitude 9).
+AUTO_AUGMENTS = ("none", "trivialaugment", "randaugment")
 # Eval resize for photos: the centre crop covers 87.5% of the shorter side (224 of 256).
 CROP_FRACTION = 0.875
 
 
-def make_preprocessing(data: str, image_size: int) -> dict[str, Any]:
-    """The preprocessing dict that a model trained on ``data`` at ``image_size`` records."""
+def make_preprocessing(data: str, image_size: int, resize: int | None = None) -> dict[str, Any]:
+    """The preprocessing dict that a model trained on ``data`` at ``image_size`` records;
+    ``resize`` (the shorter side before the centre crop) defaults to ``image_size`` for digits
+    (no crop) and ``image_size / 0.875`` for photos."""
+    if resize is not None:
+        check_input_size(resize, "val_resize")
+        if resize < image_size:
+            raise ValueError(f"val_resize {resize} is smaller than the crop {image_size}")
     if data == DIGITS:
         # Upscale the whole digit: no crop.
         return {
             "input_size": [image_size, image_size],
-            "resize": image_size,
+            "resize": resize or image_size,
             "mean": list(DIGITS_MEAN),
             "std": list(DIGITS_STD),
             "scale": 1.0 / 255.0,
@@ -88,7 +99,7 @@ def make_preprocessing(data: str, image_size: int) -> dict[str, Any]:
         }
     return {
         "input_size": [image_size, image_size],
-        "resize": round(image_size / CROP_FRACTION),
+        "resize": resize or round(image_size / CROP_FRACTION),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "scale": 1.0 / 255.0,
@@ -169,27 +180,41 @@ def build_eval_transform(preprocessing: Mapping[str, Any]) -> v2.Compose:
     )
 
 
-def build_train_transform(preprocessing: Mapping[str, Any], augment: str) -> v2.Compose:
+def build_train_transform(
+    preprocessing: Mapping[str, Any],
+    augment: str,
+    *,
+    auto_augment: str = "none",
+    random_erase: float = 0.0,
+) -> v2.Compose:
     """The training pipeline: ``preprocessing`` plus augmentation.
 
     ``imagenet``: the official ShuffleNet recipe for photos, RandomResizedCrop (area 25-100%,
     less aggressive than Inception's 8%, as the V1 paper advises for small models), horizontal
     flip and ColorJitter(0.4, 0.4, 0.4). ``light``: for tiny images such as digits, the image padded
     by 1/8 of its size and randomly cropped back (shifts of up to 12.5%, CIFAR style), no flip.
-    ``none``: the eval pipeline.
+    ``none``: the eval pipeline. ``auto_augment`` (a name of :data:`AUTO_AUGMENTS`) adds a
+    policy after the level's crops and flip, in place of ColorJitter (as torchvision's recipe);
+    ``random_erase`` is the probability of erasing a random rectangle of the normalized image.
     """
     if augment not in AUGMENTATIONS or augment == "auto":
         raise ValueError(f"augment must be one of imagenet, light, none, got {augment!r}")
+    if auto_augment not in AUTO_AUGMENTS:
+        raise ValueError(
+            f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {auto_augment!r}"
+        )
     size, resize = _check_preprocessing(preprocessing)
     if augment == "none":
-        return build_eval_transform(preprocessing)
-    if augment == "imagenet":
-        steps: list[Callable[[Any], Any]] = [
+        steps: list[Callable[[Any], Any]] = list(build_eval_transform(preprocessing).transforms)
+        steps = steps[: -len(_to_model_input(preprocessing))]
+    elif augment == "imagenet":
+        steps = [
             ToRGB(),
             v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.4, 0.4, 0.4),
         ]
+        if auto_augment == "none":
+            steps.append(v2.ColorJitter(0.4, 0.4, 0.4))
     else:
         steps = [
             ToRGB(),
@@ -197,7 +222,32 @@ def build_train_transform(preprocessing: Mapping[str, Any], augment: str) -> v2.
             v2.CenterCrop(size),
             v2.RandomCrop(size, padding=max(1, min(size) // 8)),
         ]
-    return v2.Compose([*steps, *_to_model_input(preprocessing)])
+    if auto_augment == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide())
+    elif auto_augment == "randaugment":
+        steps.append(v2.RandAugment())
+    steps += _to_model_input(preprocessing)
+    if random_erase:
+        steps.append(v2.RandomErasing(p=random_erase, value=0))
+    return v2.Compose(steps)
+
+
+def batch_mixer(
+    mixup: float, cutmix: float, num_classes: int
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """Mixup and cutmix of a batch (torchvision's ``MixUp``/``CutMix``, ``alpha`` each; with
+    both, one of the two per batch), or ``None`` when both alphas are 0. The mixer takes
+    (images, class indices) and returns the mixed images and their labels, mixed the same way:
+    ``lam * one_hot(y) + (1 - lam) * one_hot(y rolled by one)``, ``lam`` the share of the first
+    image (cutmix: its area). It draws from PyTorch's global RNG."""
+    mixes: list[Callable[..., Any]] = []
+    if mixup > 0:
+        mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        mixes.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 # -- digits -------------------------------------------------------------------------------
@@ -283,13 +333,28 @@ def load_data(
     augment: str = "auto",
     skip_bad_images: bool = False,
     workers: int = 8,
+    train_size: int | None = None,
+    val_resize: int | None = None,
+    auto_augment: str = "none",
+    random_erase: float = 0.0,
 ) -> DataSplits:
-    """``"digits"`` or an ImageFolder root, as train (augmented) and val (eval pipeline) sets."""
+    """``"digits"`` or an ImageFolder root, as train (augmented) and val (eval pipeline) sets.
+
+    ``image_size`` is the model's input at evaluation (the centre crop of ``val_resize``, which
+    the model file records); training crops are ``train_size`` (default: ``image_size``).
+    """
     check_input_size(image_size, "image_size")
-    pre = make_preprocessing(data, image_size)
+    pre = make_preprocessing(data, image_size, val_resize)
+    train_pre = pre
+    if train_size is not None and train_size != image_size:
+        check_input_size(train_size, "train_size")
+        train_pre = make_preprocessing(data, train_size)
     if augment == "auto":
         augment = "light" if data == DIGITS else "imagenet"
-    train_tf, val_tf = build_train_transform(pre, augment), build_eval_transform(pre)
+    train_tf = build_train_transform(
+        train_pre, augment, auto_augment=auto_augment, random_erase=random_erase
+    )
+    val_tf = build_eval_transform(pre)
     if data == DIGITS:
         train, val = digits_datasets(train_tf, val_tf)
         plain = DigitsDataset(train.images, train.labels, val_tf)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import print_json, print_table
+from .common import add_pretrained, print_json, print_table
 
 if TYPE_CHECKING:
     from ..train import StepProgress
@@ -138,7 +138,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on digits or an ImageFolder tree (torchrun for several processes)",
-        description="Train MODEL with the papers' recipe; writes model.safetensors, "
+        description="Train MODEL with a named recipe (--recipe); writes model.safetensors, "
         "checkpoint.pt, metrics.csv and curves.png into the run dir. Under `torchrun "
         "--nproc-per-node N -m shufflenet train ...` it trains with DDP.",
     )
@@ -155,29 +155,89 @@ def add_parsers(sub: Any) -> None:
         help="default: about 600 optimizer steps, 15 to 200 epochs (15 for digits)",
     )
     opt("--batch-size", type=int, help="global batch over all processes (default 32)")
-    opt("--lr", type=float, help="peak learning rate (default 0.5 x batch/1024, as the paper)")
+    # The recipe fills every option below that is left out (default: the recipe's).
+    opt(
+        "--recipe",
+        choices=("auto", "paper", "torchvision", "finetune"),
+        help="the settings that options left out take; auto (default): chosen by the data and "
+        "whether the run starts from weights (docs: Training, Recipes)",
+    )
+    opt(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the recipe's per 1024 images, scaled to the batch: "
+        "paper 0.5 x batch/1024)",
+    )
     opt(
         "--optimizer",
         choices=_TableKeys("OPTIMIZERS"),
         metavar="NAME",
-        help="%(choices)s (default sgd, with momentum)",
+        help="%(choices)s (default: the recipe's, sgd with momentum)",
     )
-    opt("--momentum", type=float, help="default 0.9")
-    opt("--weight-decay", type=float, help="conv/linear weights only (default 4e-05)")
-    opt("--label-smoothing", type=float, help="default 0.1")
+    opt("--momentum", type=float, help="momentum, AdamW's first beta (default 0.9)")
+    opt(
+        "--weight-decay",
+        type=float,
+        help="conv/linear weights only (default: the recipe's, paper 4e-05, torchvision 2e-05)",
+    )
+    opt("--label-smoothing", type=float, help="default: the recipe's, 0.1")
     opt(
         "--schedule",
         choices=_TableKeys("SCHEDULES"),
         metavar="NAME",
-        help="%(choices)s: decay to 0 (default linear)",
+        help="%(choices)s: decay to 0 (default: the recipe's, paper linear)",
     )
-    opt("--warmup-epochs", type=float, help="at most a fifth of the run (default 1.0)")
-    opt("--image-size", type=int, help="default 64 for digits, 224 for folders")
+    opt(
+        "--warmup-epochs",
+        type=float,
+        help="at most a fifth of the run (default: the recipe's, paper 1.0)",
+    )
+    opt(
+        "--image-size",
+        type=int,
+        help="model input, the evaluation crop (default 64 for digits, 224 for folders)",
+    )
+    opt("--train-size", type=int, metavar="PX", help="training crops (default: the recipe's)")
+    opt(
+        "--val-resize",
+        type=int,
+        metavar="PX",
+        help="shorter side before the evaluation crop (default: the recipe's)",
+    )
     opt(
         "--augment",
         choices=("auto", "imagenet", "light", "none"),
         help="auto: light (shifts) for digits, imagenet (crop, flip, colour) for folders",
     )
+    opt(
+        "--auto-augment",
+        choices=("none", "trivialaugment", "randaugment"),
+        help="a policy on top of --augment, in place of ColorJitter (default: the recipe's)",
+    )
+    opt("--random-erase", type=float, metavar="P", help="probability (default: the recipe's)")
+    opt("--mixup", type=float, metavar="ALPHA", help="0: off (default: the recipe's)")
+    opt("--cutmix", type=float, metavar="ALPHA", help="0: off (default: the recipe's)")
+    opt(
+        "--ema-decay",
+        type=float,
+        metavar="D",
+        help="validate and save an EMA of the weights, per step (0: off; default: the "
+        "recipe's, from the run's length)",
+    )
+    opt(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="repeated augmentation: each image N times per epoch (default: the recipe's)",
+    )
+    opt(
+        "--teacher",
+        metavar="NAME|FILE",
+        help="distil from a weights file of ours, a model of ours (published weights), "
+        "torchvision:NAME or timm:NAME",
+    )
+    opt("--distill-alpha", type=float, help="share of the distillation loss (default 0.5)")
+    opt("--distill-temperature", type=float, help="softens both outputs (default 1.0)")
     opt("--drop-rate", type=float, help="dropout before the classifier (default 0.0)")
     opt(
         "--bn-recalibrate",
@@ -186,12 +246,13 @@ def add_parsers(sub: Any) -> None:
         help="re-estimate BN statistics on BATCHES batches at the end (default 20; 0: off)",
     )
     opt("--init-weights", metavar="FILE", help="start from these weights (fine-tuning)")
+    add_pretrained(opt, "start from the model")
     opt(
         "--freeze-stages",
         type=int,
         metavar="K",
-        help="with --init-weights: keep the stem and the first K stages as loaded, weights and "
-        "BN statistics (0: the stem only; default -1: none)",
+        help="with --init-weights or --pretrained: keep the stem and the first K stages as "
+        "loaded, weights and BN statistics (0: the stem only; default -1: none)",
     )
     opt("--limit-train-batches", type=int, metavar="N", help="at most N batches per epoch")
     flag("--skip-bad-images", help="skip unreadable image files instead of stopping")
@@ -207,6 +268,11 @@ def add_parsers(sub: Any) -> None:
         "--fast",
         help="train V1/V2 in their shuffle-free form (same network and weights, fewer copies)",
     )
+    flag(
+        "--qat",
+        help="quantization-aware training from --init-weights or --pretrained (int8 simulated; "
+        "export --int8-qat RUN_DIR uses the ranges it learns; needs shufflenet[executorch])",
+    )
     flag("--compile", help="torch.compile the training step (forward, loss and backward)")
     opt(
         "--no-progress",
@@ -217,7 +283,11 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1, top-5, loss and per-class accuracy of a weights file")
-    p.add_argument("--weights", required=True, help="a model.safetensors written by train")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="a model.safetensors written by train")
+    src.add_argument("--model", help="a model name, with --pretrained")
+    add_pretrained(p.add_argument, "with --model: the model")
+    p.set_defaults(model_needs_pretrained=True)
     p.add_argument(
         "--data",
         help="digits, an ImageFolder root (uses val/) or a folder of class folders "

@@ -12,7 +12,8 @@ conv takes its input columns in that order: a stride-1 unit's 1x1 conv, the next
 unit's depthwise conv, BatchNorm and 1x1 convs, or Conv5. There is no shuffle, no split of a
 unit's input and no concat of a unit's output: a stride-1 unit copies half of its channels
 (forward and backward) where the original copies all of them in the concat + shuffle and in the
-split's backward, and feeds strided gradients to the ReLU and BatchNorm backward kernels.
+split's backward, and feeds strided gradients to the activation and BatchNorm backward kernels.
+Any element-wise activation commutes with these permutations (ReLU, SiLU, h-swish).
 
 **V1.** A depthwise conv and its BatchNorm commute with a channel permutation, so the paper
 unit's shuffle moves after them (stride-2 units shuffle 4x fewer values); it stays a copy, since
@@ -274,7 +275,7 @@ def _state_dict_from_standard(
 
 class _GlobalAvgPool(torch.autograd.Function):
     """``adaptive_avg_pool2d(x, 1)`` whose gradient has ``x``'s memory format, so that the
-    ReLU backward before it (Conv5's, Stage 4's) runs its contiguous kernel, not a strided one
+    activation backward before it (Conv5's, Stage 4's) runs its contiguous kernel, not a strided one
     several times slower."""
 
     @staticmethod

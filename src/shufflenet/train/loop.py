@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
-from ..data import DIGITS, load_data
+from ..data import DIGITS, batch_mixer, load_data
 from ..device import idle_threads, resolve_device, torch_threads
 from ..evaluate import (
     EvalResult,
@@ -24,22 +24,30 @@ from ..evaluate import (
     loader_workers,
     to_device,
 )
+from ..models.base import AuxOutputs
 from ..weights import save
+from .calibrate import recalibrate_bn
 from .config import TrainConfig, check_resume_classes, checkpoint_to_resume
 from .distributed import Dist, all_sum, broadcast, distributed, gather
+from .ema import RunEMA
 from .fast import TrainFastModel, train_model
 from .files import RunFiles, default_run_dir, hold_run_dir, write_checkpoint, write_metrics
 from .model import create_run_model, training_loss
+from .progress import FitResult, StepProgress
+from .qat import QATNet
+from .recipe import OVERRIDABLE, RECIPES, choose_recipe, describe_recipe, ema_decay_for
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
+from .sampler import RepeatSampler
 from .schedule import (
     MAX_EPOCHS,
     MIN_EPOCHS,
     OPTIMIZERS,
-    STEP_BUDGET,
     choose_epochs,
     lr_scheduler,
     param_groups,
+    warmup_steps,
 )
+from .teacher import Teacher, distill_loss, load_teacher
 
 __all__ = ["FitResult", "StepProgress", "fit"]
 
@@ -49,43 +57,6 @@ Log = Callable[[str], None]
 MEASURE_EVERY = 5
 
 
-@dataclass(frozen=True)
-class StepProgress:
-    """Where a run is after an optimizer step, as :func:`fit` reports it to ``progress``.
-
-    ``step`` of ``steps`` (per epoch) and ``epoch`` of ``epochs`` count from 1. ``loss`` (this
-    epoch's mean training loss so far, on this process's batches), ``lr`` and ``images_per_s``
-    (all processes) are measured every :data:`MEASURE_EVERY` steps and at the epoch's last
-    step, ``None`` in between.
-    """
-
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float | None = None
-    lr: float | None = None
-    images_per_s: float | None = None
-
-
-@dataclass
-class FitResult:
-    """Where a run wrote its outputs and how it ended (``is_main``: rank 0 of the run)."""
-
-    run_dir: Path
-    model_path: Path
-    checkpoint_path: Path
-    metrics_path: Path
-    curves_path: Path
-    epochs: int
-    final: EvalResult
-    history: list[dict[str, float]]
-    seconds: float
-    is_main: bool = True
-    resumed_from: int | None = None
-    skipped_images: list[str] = field(default_factory=list)
-
-
 def fit(
     config: TrainConfig,
     log: Log | None = None,
@@ -93,12 +64,14 @@ def fit(
 ) -> FitResult:
     """Train ``config.model`` as configured; ``log`` receives one line per epoch and
     ``progress`` a :class:`StepProgress` after every optimizer step (rank 0 only; no
-    ``progress`` calls when ``config.progress`` is False).
+    ``progress`` calls when ``config.progress`` is False). The first line logged names the
+    recipe and its parts, and which of them ``config`` sets over it.
 
     Under torchrun every process calls this with the same config. Raises ``ValueError`` /
     ``OSError`` for bad settings, data or run dir, before any training. The run holds a lock
     on its run dir throughout: a second run into the same dir fails at once.
     """
+    given = [] if config.resume else [n for n in OVERRIDABLE if getattr(config, n) is not None]
     config = config.validated()
     if config.threads is None and resolve_device(config.device).type == "cpu":
         config = replace(config, threads=idle_threads())
@@ -106,7 +79,7 @@ def fit(
         out = config.out if config.out is not None else str(default_run_dir(config.model))
         files = RunFiles(Path(broadcast(out, ctx)))
         with hold_run_dir(files, ctx):
-            return _Run(config, ctx, files, log, progress).run()
+            return _Run(config, ctx, files, log, progress, given).run()
 
 
 def _plural(n: int, noun: str) -> str:
@@ -124,8 +97,10 @@ class _Run:
         files: RunFiles,
         log: Log | None,
         progress: Callable[[StepProgress], None] | None,
+        given: list[str] | None = None,
     ) -> None:
         self.config, self.ctx, self.files = config, ctx, files
+        self.given = given or []
         self._log = log
         self._progress = progress if config.progress and ctx.is_main else None
         self.started = time.perf_counter()
@@ -166,6 +141,10 @@ class _Run:
             augment=c.augment,
             skip_bad_images=c.skip_bad_images,
             workers=max(1, self.workers),
+            train_size=c.train_size,
+            val_resize=c.val_resize,
+            auto_augment=cast(str, c.auto_augment),
+            random_erase=cast(float, c.random_erase),
         )
         if checkpoint is not None:
             check_resume_classes(checkpoint["classes"], self.data.classes, c.data)
@@ -175,18 +154,35 @@ class _Run:
                 f"{c.batch_size}; lower batch_size"
             )
         self.classes = self.data.classes
+        self.sampler = RepeatSampler(
+            self.data.num_train,
+            cast(int, c.repeats),
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            seed=c.seed,
+        )
 
     def _plan_length(self, checkpoint: dict[str, Any] | None) -> None:
-        """Steps per epoch and epochs: the config's, else a resumed run's, else chosen from
-        the data (then logged); the config records them."""
+        """Steps per epoch and epochs (the config's, else a resumed run's, else chosen from the
+        data by the recipe's step budget, then logged) and the EMA's decay (likewise, from the
+        run's length); the config records them."""
         c = self.config
-        # What a DistributedSampler with drop_last gives each process, in whole batches.
+        # What the sampler gives each process (its share of the set), in whole batches.
         n_batches = self.data.num_train // self.ctx.world_size // self.local_batch
         self.steps_per_epoch = min(n_batches, c.limit_train_batches or n_batches)
         self.epochs_chosen = c.epochs is None and checkpoint is None
-        saved = checkpoint["config"].get("epochs") if checkpoint else None
-        self.epochs: int = c.epochs or saved or choose_epochs(self.steps_per_epoch)
-        self.config = replace(c, epochs=self.epochs)
+        saved = checkpoint["config"] if checkpoint else {}
+        self.recipe = choose_recipe(
+            c.recipe, c.data == DIGITS, bool(c.init_weights or c.pretrained)
+        )
+        self.budget = RECIPES[self.recipe].step_budget
+        self.epochs: int = (
+            c.epochs or saved.get("epochs") or choose_epochs(self.steps_per_epoch, self.budget)
+        )
+        decay = c.ema_decay
+        if decay is None:
+            decay = saved.get("ema_decay", ema_decay_for(self.epochs * self.steps_per_epoch))
+        self.config = replace(c, epochs=self.epochs, ema_decay=decay)
 
     def _build_model(self, fine_tune: bool) -> None:
         """The model, the module the optimizer updates (the model, or with ``fast`` its
@@ -198,6 +194,9 @@ class _Run:
         if c.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.fast: TrainFastModel | None = train_model(self.model) if c.fast else None
+        if c.qat:  # the QAT graph speaks the fast form's protocol (train/qat.py)
+            steps, size = self.epochs * self.steps_per_epoch, cast(int, c.train_size)
+            self.fast = cast(TrainFastModel, QATNet(self.model, size, steps))
         self.trained: nn.Module = self.model if self.fast is None else self.fast
         self.net: nn.Module = self.trained
         if self.ctx.active:
@@ -206,35 +205,67 @@ class _Run:
         # Loss weights of the auxiliary classifiers (SE-ShuffleNet v2-164), read from the model
         # itself, not the DDP wrapper.
         self.aux_loss_weights = tuple(getattr(self.model, "aux_loss_weights", ()))
+        # The EMA of the weights, and the model that is validated and saved (the EMA's if on).
+        warmup = warmup_steps(self.epochs, self.steps_per_epoch, cast(float, c.warmup_epochs))
+        self.ema: RunEMA | None = None
+        if c.ema_decay:
+            self.ema = RunEMA(self.trained, self.model, self.fast, c.ema_decay, warmup)
+        self.eval_model: nn.Module = self.model if self.ema is None else self.ema.model
+        self.teacher: Teacher | None = None
+        if c.teacher:
+            self.teacher = load_teacher(
+                c.teacher, self.classes, self.data.preprocessing, self.device
+            )
+            if c.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
 
     def _build_step(self) -> None:
         """The optimizer (a row of ``OPTIMIZERS``, its state saved in the standard layout), the
         lr scheduler, the grad scaler and the loss, compiled with ``compile``."""
-        c = self.config
-        groups = param_groups(self.trained, c.weight_decay)
-        self.optimizer = OPTIMIZERS[c.optimizer](groups, cast(float, c.lr), c.momentum)
+        c = self.config  # validated: the recipe filled every None
+        groups = param_groups(self.trained, cast(float, c.weight_decay))
+        self.optimizer = OPTIMIZERS[cast(str, c.optimizer)](groups, cast(float, c.lr), c.momentum)
         if self.fast is not None:
             self.fast.register_optimizer(self.optimizer)
         self.scheduler = lr_scheduler(
-            self.optimizer, self.epochs, self.steps_per_epoch, c.warmup_epochs, c.schedule
+            self.optimizer,
+            self.epochs,
+            self.steps_per_epoch,
+            cast(float, c.warmup_epochs),
+            cast(str, c.schedule),
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cast(float, c.label_smoothing))
+        self.mix = batch_mixer(cast(float, c.mixup), cast(float, c.cutmix), len(self.classes))
         self.step_loss = self._loss
         if c.compile:
             self.step_loss = torch.compile(self._loss)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (what ``compile`` compiles, with its backward)."""
+    def _loss(
+        self, x: torch.Tensor, y: torch.Tensor, taught: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The training loss of one batch (what ``compile`` compiles, with its backward): the
+        label loss (class indices or mixed labels ``y``), mixed with the distillation loss
+        towards the teacher's logits ``taught`` if given."""
         with autocast(self.device, self.amp_dtype):
-            return training_loss(self.criterion, self.net(x), y, self.aux_loss_weights)
+            output = self.net(x)
+            loss = training_loss(self.criterion, output, y, self.aux_loss_weights)
+        if taught is None:
+            return loss
+        c = self.config
+        logits = output.logits if isinstance(output, AuxOutputs) else output
+        kd = distill_loss(logits, taught, c.distill_temperature)
+        return (1.0 - c.distill_alpha) * loss + c.distill_alpha * kd
 
     def sync_model(self) -> None:
-        """Copy the fast form's weights and statistics into the standard model."""
+        """Copy the fast form's weights and statistics into the standard model, and the EMA
+        into the model that is validated and saved."""
         if self.fast is not None:
             self.model.load_state_dict(self.fast.state_dict())  # in the standard layout
+        if self.ema is not None:
+            self.ema.sync()
 
     def log(self, message: str) -> None:
         if self._log is not None and self.ctx.is_main:
@@ -244,10 +275,16 @@ class _Run:
         """Load the checkpoint's states (the standard layout, which the trained module and its
         optimizer speak in either form); returns its epoch and history."""
         self.trained.load_state_dict(ckpt["model"])
-        self.sync_model()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError("resume: the checkpoint holds no average of the weights (EMA)")
+            self.ema.load_state_dict(ckpt["ema"])
+        if "sampler" in ckpt:
+            self.sampler.load_state_dict(ckpt["sampler"])
+        self.sync_model()
         epoch = int(ckpt["epoch"])
         states = ckpt["rng"]
         if len(states) == self.ctx.world_size:
@@ -258,21 +295,13 @@ class _Run:
 
     # -- one epoch ------------------------------------------------------------------------
     def _train_loader(self, epoch: int) -> DataLoader[Any]:
-        """This process's shard of the training set, shuffled as a function of (seed, epoch)."""
-        dataset = self.data.train
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            dataset,
-            num_replicas=self.ctx.world_size,
-            rank=self.ctx.rank,
-            shuffle=True,
-            seed=self.config.seed,
-            drop_last=True,
-        )
-        sampler.set_epoch(epoch)
+        """This process's shard of the training set, shuffled as a function of (seed, epoch)
+        (each image ``repeats`` times)."""
+        self.sampler.set_epoch(epoch)
         return DataLoader(
-            dataset,
+            self.data.train,
             batch_size=self.local_batch,
-            sampler=sampler,
+            sampler=self.sampler,
             drop_last=True,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
@@ -293,12 +322,20 @@ class _Run:
                 break
             x = to_device(x, self.device, c.channels_last)
             y = y.to(self.device, non_blocking=True)
-            loss = self.step_loss(x, y)
+            if self.mix is not None:
+                x, y = self.mix(x, y)
+            taught = None
+            if self.teacher is not None:
+                with autocast(self.device, self.amp_dtype):
+                    taught = self.teacher(x)
+            loss = self.step_loss(x, y, taught)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.step(epoch * self.steps_per_epoch + step)
             loss_sum += loss.detach().double() * len(y)
             seen += len(y)
             where = StepProgress(epoch + 1, self.epochs, step + 1, self.steps_per_epoch)
@@ -327,7 +364,7 @@ class _Run:
         if self.ctx.active:
             val = Subset(val, range(self.ctx.rank, len(val), self.ctx.world_size))  # type: ignore[arg-type]
         sums = eval_counts(
-            self.model,
+            self.eval_model,
             val,
             len(self.classes),
             batch_size=max(self.local_batch, 128),
@@ -339,34 +376,18 @@ class _Run:
         return eval_result(all_sum(sums, self.ctx), self.classes)
 
     def recalibrate_bn(self, batches: int) -> None:
-        """Re-estimate BN statistics as exact averages over ``batches`` batches of training
-        images (eval pipeline, fixed order); every process uses the same batches. Frozen
-        BatchNorms (``freeze_stages``), which stay in eval mode, keep theirs."""
-        self.model.train()
-        bns = [
-            m
-            for m in self.model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-        ]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        loader = DataLoader(
+        """Re-estimate the BN statistics of the model that is validated and saved."""
+        recalibrate_bn(
+            self.eval_model,
             self.data.train_plain,
+            batches,
             batch_size=self.local_batch,
-            shuffle=True,
-            num_workers=self.workers,
-            generator=torch.Generator().manual_seed(self.config.seed),
+            seed=self.config.seed,
+            workers=self.workers,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.config.channels_last,
         )
-        with torch.no_grad():
-            for i, (x, _) in enumerate(loader):
-                if i >= batches:
-                    break
-                with autocast(self.device, self.amp_dtype):
-                    self.model(to_device(x, self.device, self.config.channels_last))
-        for m, momentum in zip(bns, momenta, strict=True):
-            m.momentum = momentum
 
     # -- outputs --------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
@@ -384,7 +405,10 @@ class _Run:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "history": self.history,
+            "sampler": self.sampler.state_dict(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         write_checkpoint(self.files.checkpoint, state)
 
     def save_model(self, epoch: int, result: EvalResult) -> None:
@@ -393,7 +417,7 @@ class _Run:
         c = self.config
         data = c.data if c.data == DIGITS else str(Path(c.data).resolve())
         save(
-            self.model,
+            self.eval_model,
             self.files.model,
             class_names=self.classes,
             preprocessing=self.data.preprocessing,
@@ -430,9 +454,10 @@ class _Run:
             + (f" x {self.ctx.world_size} processes" if self.ctx.active else "")
             + f"; run dir {self.files.dir}"
         )
+        self.log(describe_recipe(c, self.recipe, self.given))
         if self.epochs_chosen:
             self.log(
-                f"epochs: {self.epochs}, chosen for about {STEP_BUDGET} optimizer steps at "
+                f"epochs: {self.epochs}, chosen for about {self.budget} optimizer steps at "
                 f"{self.steps_per_epoch} per epoch ({MIN_EPOCHS} to {MAX_EPOCHS}; --epochs sets it)"
             )
         if self.start_epoch:

@@ -44,14 +44,16 @@ def _is_classifier(key: str) -> bool:
 
 
 def create_run_model(config: TrainConfig, num_classes: int, fine_tune: bool) -> ShuffleNetBase:
-    """A new ``config.model``; with ``fine_tune``, from ``config.init_weights`` if given (a
-    classifier of another size keeps its fresh weights). ``config.freeze_stages`` freezes
+    """A new ``config.model``; with ``fine_tune``, from ``config.init_weights`` or the weights
+    published for it (``config.pretrained``) if given (a classifier of another size keeps its
+    fresh weights). ``config.freeze_stages`` freezes
     its stem and first stages (resumed runs too); the optimizer gets only the trainable
     parameters, and the weights file records the network alone, not the freezing."""
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if config.drop_rate:
         kwargs["drop_rate"] = config.drop_rate
-    model = create_model(config.model, **kwargs)
+    pretrained = config.pretrained if fine_tune else False
+    model = create_model(config.model, pretrained=pretrained, **kwargs)
     stages = len(model.stage_names)
     if config.freeze_stages > stages:
         raise ValueError(

@@ -21,6 +21,7 @@ __all__ = [
     "lr_factor",
     "lr_scheduler",
     "param_groups",
+    "warmup_steps",
 ]
 
 ParamGroups = list[dict[str, Any]]
@@ -31,10 +32,24 @@ def _sgd(groups: ParamGroups, lr: float, momentum: float) -> Optimizer:
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
+def _sgd_nesterov(groups: ParamGroups, lr: float, momentum: float) -> Optimizer:
+    """SGD with Nesterov momentum."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+
+
+def _adamw(groups: ParamGroups, lr: float, momentum: float) -> Optimizer:
+    """AdamW, ``momentum`` as its first beta (decoupled weight decay, per group)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+
+
 # name -> factory(param_groups(...), peak lr, momentum); ``TrainConfig.optimizer`` picks one.
 # Each group carries its own ``weight_decay``. An optimizer that updates every entry on its own
 # also trains the shuffle-free form (``fast``) exactly as the standard model.
-OPTIMIZERS: dict[str, Callable[[ParamGroups, float, float], Optimizer]] = {"sgd": _sgd}
+OPTIMIZERS: dict[str, Callable[[ParamGroups, float, float], Optimizer]] = {
+    "sgd": _sgd,
+    "sgd_nesterov": _sgd_nesterov,
+    "adamw": _adamw,
+}
 
 # name -> the lr factor after warm-up as a function of the decay's progress, 0 to 1 (past 1: the
 # run is over); ``TrainConfig.schedule`` picks one.
@@ -51,12 +66,13 @@ MIN_EPOCHS = 15
 MAX_EPOCHS = 200
 
 
-def choose_epochs(steps_per_epoch: int) -> int:
+def choose_epochs(steps_per_epoch: int, budget: int = STEP_BUDGET) -> int:
     """The default run length for ``steps_per_epoch`` optimizer steps per epoch: enough epochs
-    for :data:`STEP_BUDGET` steps, within ``MIN_EPOCHS..MAX_EPOCHS``."""
+    for ``budget`` steps (a recipe's; :data:`STEP_BUDGET` by default), within
+    ``MIN_EPOCHS..MAX_EPOCHS``."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    return max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(STEP_BUDGET / steps_per_epoch)))
+    return max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(budget / steps_per_epoch)))
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "linear") -> float:
@@ -72,6 +88,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "l
     return SCHEDULES[schedule]((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
 
+def warmup_steps(epochs: int, steps_per_epoch: int, warmup_epochs: float) -> int:
+    """The warm-up's optimizer steps: ``warmup_epochs``, but at most a fifth of the run."""
+    return min(round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch // 5)
+
+
 def lr_scheduler(
     optimizer: Optimizer,
     epochs: int,
@@ -79,10 +100,9 @@ def lr_scheduler(
     warmup_epochs: float,
     schedule: str,
 ) -> LambdaLR:
-    """:func:`lr_factor` per step over ``epochs``, with a short warm-up: ``warmup_epochs``, but
-    at most a fifth of the run."""
+    """:func:`lr_factor` per step over ``epochs``, after :func:`warmup_steps` of warm-up."""
     total = epochs * steps_per_epoch
-    warmup = min(round(warmup_epochs * steps_per_epoch), total // 5)
+    warmup = warmup_steps(epochs, steps_per_epoch, warmup_epochs)
 
     # A plain function, not a partial: LambdaLR keeps only callable objects' state in its
     # state_dict, and the checkpoint format stays as it is.
