@@ -12,7 +12,23 @@ from ..export import DEFAULT_OPSET, FORMATS, INT8_WEIGHTS, OPSETS, export_model,
 from ..export.formats import DEFAULT_INT8_MIN_AGREEMENT
 from ..io import check_output_path
 from ..predict import ENGINES, default_engine
-from .common import batch_arg, escape, input_size_arg, mb, num_classes_arg, print_json
+from .common import (
+    add_pretrained,
+    batch_arg,
+    escape,
+    input_size_arg,
+    mb,
+    num_classes_arg,
+    print_json,
+)
+from .int8 import (
+    add_int8_arguments,
+    export_qat_run,
+    int8_options,
+    print_int8_report,
+    run_int8_report,
+)
+from .stream import add_stream_arguments, check_print_run, listed, predict_stream
 
 __all__ = ["add_parsers"]
 
@@ -60,6 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--int8-weights goes with --int8")
     if args.int8_min_agreement is not None and not args.int8:
         raise ValueError("--int8-min-agreement goes with --int8")
+    int8 = int8_options(args)
     if args.weights and (args.layout or args.num_classes is not None):
         raise ValueError("--layout and --num-classes go with --model, not --weights")
     inputs = [args.weights] if args.weights else []
@@ -74,22 +91,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.layout:
             kwargs["layout"] = args.layout
         model = create_model(args.model, **kwargs)
-    result = export_model(
-        model,
-        args.out,
-        args.format,
-        opset=args.opset,
-        batch=args.batch,
-        input_size=args.input_size,
-        fastpath=None if args.no_optimize else ONNXRUNTIME,
-        calib=args.calib if args.int8 else None,
-        int8_weights=args.int8_weights,
-        int8_min_agreement=(
-            DEFAULT_INT8_MIN_AGREEMENT
-            if args.int8_min_agreement is None
-            else args.int8_min_agreement
-        ),
-    )
+    least = args.int8_min_agreement
+    least = DEFAULT_INT8_MIN_AGREEMENT if least is None else least
+    if args.int8_qat:
+        result = export_qat_run(args, least)
+    else:
+        result = export_model(
+            model,
+            args.out,
+            args.format,
+            opset=args.opset,
+            batch=args.batch,
+            input_size=args.input_size,
+            fastpath=None if args.no_optimize else ONNXRUNTIME,
+            calib=args.calib if args.int8 else None,
+            int8_weights=args.int8_weights,
+            int8_min_agreement=least,
+            int8=int8,
+        )
     checks = [
         {**vars(check), "allowed": check.allowed, "passed": check.passed}
         for check in result.verifications
@@ -103,6 +122,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     }
     if result.int8 is not None:
         record["int8"] = result.int8.to_dict()
+        if args.int8_report and int8 is not None:
+            record["int8_report"] = run_int8_report(model, args, int8)
     if args.json:
         print_json(record)
     else:
@@ -112,6 +133,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(check.summary(), file=sys.stdout if check.passed else sys.stderr)
         if result.int8 is not None:
             _print_int8(record["int8"])
+        if "int8_report" in record:
+            print_int8_report(record["int8_report"])
     if not result.verified:
         print(f"error: {args.out} does not match PyTorch (kept for inspection)", file=sys.stderr)
         return 1
@@ -133,7 +156,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     own = default_engine(weights)
     if args.engine == "torch" and own != "torch" and weights.is_file():
         raise ValueError(f"{weights} is an exported file: predict it with --engine {own}")
-    results = predict(args.weights, args.inputs, topk=args.topk, engine=args.engine)
+    if args.out is not None:
+        return predict_stream(args)
+    check_print_run(args)
+    inputs = [*args.inputs, *listed(args.list)]
+    results = predict(args.weights, inputs, topk=args.topk, engine=args.engine)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"error: {escape(r.path)}: {escape(r.error or '')}", file=sys.stderr)
@@ -189,7 +216,8 @@ def add_parsers(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="a .safetensors weights file")
-    src.add_argument("--model", help="a model name (random weights)")
+    src.add_argument("--model", help="a model name (random weights, or --pretrained)")
+    add_pretrained(p.add_argument, "with --model: the model")
     p.add_argument("--layout", help="with --model: torchvision|megvii (V2), paper|megvii (V1)")
     p.add_argument("--num-classes", type=num_classes_arg, help="with --model (default 1000)")
     p.add_argument(
@@ -237,6 +265,7 @@ def add_parsers(sub: Any) -> None:
         f"it, exit 1, the files kept (default {DEFAULT_INT8_MIN_AGREEMENT}: a file that changes "
         "one class in five is no longer the same classifier; the README lists each format's)",
     )
+    add_int8_arguments(p)
     p.add_argument(
         "--out",
         required=True,
@@ -246,14 +275,19 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="classify images with a weights or exported file")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument(
+        "inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders (or --list)"
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
         "--weights",
-        required=True,
         help="a .safetensors file, or an exported "
         + ", ".join(" or ".join(spec.suffixes) for spec in runtimes)
         + " file",
     )
+    src.add_argument("--model", help="a model name, with --pretrained")
+    add_pretrained(p.add_argument, "with --model: the model")
+    p.set_defaults(model_needs_pretrained=True)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument(
         "--engine",
@@ -266,10 +300,13 @@ def add_parsers(sub: Any) -> None:
         )
         + "), torch for weights",
     )
+    add_stream_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("convert", help="torchvision or Megvii checkpoints to our weights files")
+    p = sub.add_parser(
+        "convert", help="torchvision, mmpretrain or Megvii checkpoints to our weights files"
+    )
     p.add_argument("src", help="a .pth/.pth.tar checkpoint (read with weights_only=True)")
     p.add_argument("dst", help="the .safetensors file to write")
     p.add_argument("--from", dest="source", required=True, choices=tuple(SOURCES))

@@ -18,6 +18,8 @@ ONNX's int8 (:mod:`.int8`) is ONNX Runtime's post-training static quantization, 
 digits or an image folder (:mod:`.calibration`); :func:`compare_int8` measures what it costs
 and :func:`int8_layer_errors` (:mod:`.int8_errors`) where. The edge formats (:mod:`.edge`) have
 a fixed batch and quantize with PyTorch 2 export quantization or their runtime's own tool.
+Every int8 export takes the same choices (:class:`Int8Options`: calibration method, images,
+per-channel weights, layers kept in float; :mod:`.int8_sensitivity` ranks the layers).
 """
 
 from ..runtimes import ort_session
@@ -28,6 +30,7 @@ from .executorch import export_executorch, open_executorch, verify_executorch
 from .formats import FORMATS, RUNTIMES, ExportResult, export_model, output_files
 from .int8 import INT8_WEIGHTS, compare_int8, default_int8_weights, export_int8, quantize_int8
 from .int8_errors import LayerError, int8_layer_errors
+from .int8_options import CALIB_METHODS, Int8Options
 from .int8_report import Int8Report, Int8Result
 from .litert import export_litert, open_litert, read_tflite_metadata, verify_litert
 from .metadata import model_metadata, read_onnx_metadata, sample_inputs
@@ -44,6 +47,7 @@ EdgeModel = OpenedModel
 verify_edge = verify_opened
 
 __all__ = [
+    "CALIB_METHODS",
     "DEFAULT_OPSET",
     "FORMATS",
     "FP32_TOLERANCE",
@@ -54,6 +58,7 @@ __all__ = [
     "ExportFormat",
     "ExportOptions",
     "ExportResult",
+    "Int8Options",
     "Int8Report",
     "Int8Result",
     "LayerError",

@@ -71,14 +71,19 @@ def calibration_data(
 
 
 def model_calibration_data(
-    model: ShuffleNetBase, calib: str, input_size: Sequence[int] | None = None
+    model: ShuffleNetBase,
+    calib: str,
+    input_size: Sequence[int] | None = None,
+    max_images: int = 256,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`calibration_data` of ``calib`` for ``model`` exported at ``input_size``: its
-    preprocessing, and labels in its class order (matched by its class names, if it has any)."""
+    preprocessing, at most ``max_images`` calibration images, and labels in its class order
+    (matched by its class names, if it has any)."""
     metadata = model_metadata(model, input_size)
     return calibration_data(
         calib,
         metadata["preprocessing"],
+        max_images,
         class_names=metadata["class_names"],
         num_classes=metadata["num_classes"],
     )

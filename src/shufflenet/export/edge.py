@@ -11,6 +11,7 @@ files; :func:`edge_format` makes its :class:`~shufflenet.export.ExportFormat`,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -32,7 +33,8 @@ from ..verification import FP32_TOLERANCE, Verification
 from ..weights import validate_metadata
 from .calibration import image_batches, model_calibration_data
 from .check import verify_opened
-from .int8_report import Int8Report, Int8Result
+from .int8_options import Int8Options, needs_plain_graph, resolve_float_layers
+from .int8_report import Int8Report, Int8Result, output_error
 from .metadata import model_metadata, sample_inputs
 from .runtime import LAYOUTS, Converter, OpenedModel, Runtime
 from .spec import ExportFormat, ExportOptions
@@ -50,6 +52,8 @@ __all__ = [
     "edge_verifier",
     "graph_export",
     "graph_int8",
+    "int8_graph_options",
+    "int8_record",
     "pt2e_calibrated",
 ]
 
@@ -179,22 +183,56 @@ def graph_export(
     return export
 
 
-def graph_int8(
-    runtime: Runtime,
-    to_int8_bytes: Callable[[nn.Module, Tensor, Tensor, dict[str, Any]], bytes],
-    method: dict[str, str],
-) -> EdgeQuantize:
-    """An :data:`EdgeQuantize` that writes ``to_int8_bytes(module, example, calibration,
-    metadata)`` of the graph :func:`graph_export` converts, its metadata's ``quantization``
-    being ``method`` and the number of calibration images."""
+# Converts a graph to int8 file bytes: (module, example, calibration images, metadata, the int8
+# options checked, the float layers resolved, the model) -> bytes.
+Int8Bytes = Callable[
+    [nn.Module, Tensor, Tensor, dict[str, Any], Int8Options, tuple[str, ...], nn.Module], bytes
+]
+
+
+def int8_graph_options(
+    model: ShuffleNetBase, options: ExportOptions, runtime: Runtime
+) -> tuple[ExportOptions, Int8Options, tuple[str, ...]]:
+    """``options.int8`` checked for ``runtime``, its float layers resolved, and the export
+    options of the graph to quantize: the plain one where a float layer is one that the
+    shuffle-free graph rebuilds (:func:`~shufflenet.export.int8_options.needs_plain_graph`)."""
+    int8 = options.int8.checked(runtime.name)
+    layers = resolve_float_layers(model, int8.float_layers or ())
+    if needs_plain_graph(model, layers):
+        options = dataclasses.replace(options, fastpath=None)
+    return options, int8, layers
+
+
+def int8_record(
+    runtime: Runtime, method: str, int8: Int8Options, layers: Sequence[str], images: int
+) -> dict[str, Any]:
+    """The ``quantization`` metadata of a PT2E int8 file (``method``: the quantizer)."""
+    scope = "per-channel" if int8.per_channel else "per-tensor"
+    return {
+        "method": method,
+        "weights": f"int8 symmetric {scope}",
+        "activations": f"int8 per-tensor, {int8.method} calibration",
+        "calibration_images": images,
+        **int8.record(runtime.name, layers),
+    }
+
+
+def graph_int8(runtime: Runtime, to_int8_bytes: Int8Bytes, method: str) -> EdgeQuantize:
+    """An :data:`EdgeQuantize` that writes ``to_int8_bytes`` of the graph :func:`graph_export`
+    converts (the plain one where float layers need it, :func:`int8_graph_options`), its
+    metadata's ``quantization`` naming ``method`` and the choices made."""
 
     def write_int8(
         model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calib: Tensor
     ) -> dict[str, Any]:
+        options, int8, layers = int8_graph_options(model, options, runtime)
         graph = edge_graph(model, options, runtime)
-        graph.metadata["quantization"] = {**method, "calibration_images": len(calib)}
-        write_bytes(target, to_int8_bytes(graph.module, graph.example, calib, graph.metadata))
-        return graph.metadata["quantization"]
+        record = int8_record(runtime, method, int8, layers, len(calib))
+        graph.metadata["quantization"] = record
+        module, example = graph.module, graph.example
+        data = to_int8_bytes(module, example, calib, graph.metadata, int8, layers, model)
+        write_bytes(target, data)
+        return record
 
     return write_int8
 
@@ -246,7 +284,8 @@ def _int8_writer(quantize: EdgeQuantize, runtime: Runtime) -> Callable[..., Int8
         data: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Int8Result:
         if data is None:
-            data = model_calibration_data(model, calib, options.input_size)
+            count = options.int8.checked(runtime.name).calib_images
+            data = model_calibration_data(model, calib, options.input_size, count)
         calibration, images, labels = data
         target = edge_int8_path(path)
         record = quantize(model, path, target, options, calibration)
@@ -310,7 +349,8 @@ def compare_edge_int8(
     """Top-1 agreement of two files of one format on ``images``, their sizes and the latency of
     one batch (the median of ``runs``, the two timed in alternating rounds), as
     :func:`~shufflenet.export.compare_int8` reports ONNX files."""
-    preds = [opened(images).argmax(1) for opened in (fp32, int8)]
+    logits = [opened(images) for opened in (fp32, int8)]
+    preds = [out.argmax(1) for out in logits]
     batch = fp32.batch or 1
     feed = [opened.inputs(images[:batch]) for opened in (fp32, int8)]
     if any(len(f) < batch for f in feed):
@@ -331,4 +371,5 @@ def compare_edge_int8(
         fp32_top1=top1[0],
         int8_top1=top1[1],
         threads=1,
+        output_error=output_error(*logits),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..limits import MAX_BATCH_ELEMENTS
 from ..runtimes import Extra, probe, require, stdout_to_stderr
@@ -35,6 +35,8 @@ from .edge import (
     graph_int8,
     pt2e_calibrated,
 )
+from .int8_options import Int8Options
+from .int8_pt2e import FloatLayers, pt2e_config
 from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .xnnpack import xnnpack_graph
 
@@ -215,31 +217,37 @@ def load_executorch(
     return _forward(_program(data, path, threads), data, path)[0]
 
 
-# What the int8 file's metadata says of its quantization.
-EXECUTORCH_INT8 = {
-    "method": "PT2E (ExecuTorch XNNPACKQuantizer)",
-    "weights": "int8 symmetric per-channel",
-    "activations": "int8 per-tensor, calibrated",
-}
+# The quantizer the int8 file's metadata names.
+EXECUTORCH_INT8 = "PT2E (ExecuTorch XNNPACKQuantizer)"
 
 
 def to_pte_int8(
-    module: Any, example: Tensor, calibration: Tensor, metadata: dict[str, Any] | None = None
+    module: Any,
+    example: Tensor,
+    calibration: Tensor,
+    metadata: dict[str, Any] | None = None,
+    int8: Int8Options | None = None,
+    float_layers: Sequence[str] = (),
+    model: nn.Module | None = None,
 ) -> bytes:
     """Any ``module`` quantized by ExecuTorch's PT2E ``XNNPACKQuantizer`` (int8 weights
     symmetric per output channel, int8 activations calibrated on ``calibration``) and lowered
     at ``example``'s shape to XNNPACK's int8 kernels, as ``.pte`` bytes; input and output stay
-    float32. ``metadata`` as in :func:`to_pte`."""
+    float32. ``metadata`` as in :func:`to_pte`. ``int8`` chooses the calibration method
+    (default: histogram) and per-tensor weights; ``float_layers`` (names of ``model``'s layers,
+    resolved: see :func:`~shufflenet.export.int8_options.pick_layers`) stay float."""
     quantizer_module = require(
         EXECUTORCH_EXTRA,
         "ExecuTorch int8 export",
         "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
     )
+    int8 = (int8 or Int8Options()).checked("executorch")
     quantizer = quantizer_module.XNNPACKQuantizer().set_global(
-        quantizer_module.get_symmetric_quantization_config(is_per_channel=True)
+        pt2e_config(quantizer_module.get_symmetric_quantization_config, int8)
     )
-    converted = pt2e_calibrated(EdgeGraph(module, example, metadata or {}), quantizer, calibration)
-    return to_pte(converted, example, metadata)
+    annotator = FloatLayers(quantizer, model or module, float_layers)
+    graph = EdgeGraph(module, example, metadata or {})
+    return to_pte(pt2e_calibrated(graph, annotator, calibration), example, metadata)
 
 
 EXECUTORCH_RUNTIME = Runtime(

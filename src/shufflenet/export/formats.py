@@ -19,6 +19,7 @@ from ..models.base import ShuffleNetBase
 from ..verification import Verification
 from .calibration import model_calibration_data
 from .executorch import EXECUTORCH
+from .int8_options import Int8Options, resolve_float_layers
 from .int8_report import Int8Result
 from .litert import LITERT
 from .mnn import MNN
@@ -135,6 +136,7 @@ def export_model(
     calib: str | None = None,
     int8_weights: str = "auto",
     int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT,
+    int8: Int8Options | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``path`` in ``format`` and verify the file against PyTorch.
 
@@ -148,7 +150,9 @@ def export_model(
     ``result.int8`` (ONNX with ``int8_weights``, :func:`~shufflenet.export.export_int8`;
     another format by its own ``quantize``). Its top-1 agreement with fp32 on ``calib``'s
     evaluation images (labelled by the model's class names) must reach ``int8_min_agreement``
-    (a fraction, 0..1) for ``result.passed``; the int8 file is kept either way.
+    (a fraction, 0..1) for ``result.passed``; the int8 file is kept either way. ``int8``
+    chooses the calibration method, the number of calibration images, per-channel weights and
+    the layers kept in float (:class:`~shufflenet.export.Int8Options`; None: the defaults).
     """
     spec = _format(format)
     check_suffix(path, format)
@@ -156,14 +160,16 @@ def export_model(
         raise ValueError(
             f"int8_min_agreement must be a fraction within 0..1, got {int8_min_agreement!r}"
         )
-    options = ExportOptions(opset, batch, input_size, fastpath, int8_weights)
+    options = ExportOptions(opset, batch, input_size, fastpath, int8_weights, int8 or Int8Options())
     calibration = None
     if calib is not None:  # int8: checked, and its images loaded, before any file is written
-        if spec.quantize is None:
+        if spec.quantize is None or spec.runtime is None:
             int8_formats = ", ".join(name for name, f in FORMATS.items() if f.int8)
             raise ValueError(f"calib (int8) needs format {int8_formats}, got {format!r}")
         spec.check_int8(options)
-        calibration = model_calibration_data(model, calib, input_size)
+        checked = options.int8.checked(spec.runtime.name)
+        resolve_float_layers(model, checked.float_layers or ())
+        calibration = model_calibration_data(model, calib, input_size, checked.calib_images)
     model = model.eval()
     files = spec.export(model, Path(path), options)
     result = ExportResult(format, files, spec.verify(Path(path), model, options))

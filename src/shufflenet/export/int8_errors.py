@@ -17,7 +17,13 @@ from ..models.base import ShuffleNetBase
 from .calibration import calibration_reader, image_batches
 from .onnx import DEFAULT_OPSET, onnx_bytes
 
-__all__ = ["LayerError", "graph_layer_errors", "int8_layer_errors", "sqnr_db_by_kind"]
+__all__ = [
+    "LayerError",
+    "graph_layer_errors",
+    "int8_layer_errors",
+    "producer_kinds",
+    "sqnr_db_by_kind",
+]
 
 
 @dataclass
@@ -29,7 +35,7 @@ class LayerError:
     sqnr_db: float
 
 
-def _producer_kinds(proto: Any) -> dict[str, str]:
+def producer_kinds(proto: Any) -> dict[str, str]:
     """Output tensor -> what makes it: ``depthwise``, ``conv1x1(+relu)`` ... or the op type."""
     weights = {init.name: list(init.dims) for init in proto.graph.initializer}
     kinds: dict[str, str] = {}
@@ -104,7 +110,7 @@ def graph_layer_errors(
         modify_model_output_intermediate_tensors(str(plain), str(augmented))
         chunks = image_batches(images, batch or 16, batch is not None)[:2]
         activations = collect_activations(str(augmented), calibration_reader(chunks))
-    kinds = _producer_kinds(onnx.load_from_string(fp32))
+    kinds = producer_kinds(onnx.load_from_string(fp32))
     kinds["input"] = "input"
     rows = [
         LayerError(tensor, kinds[tensor], _grid_sqnr(np.concatenate(activations[tensor]), *grid))

@@ -8,14 +8,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .int8_errors import LayerError, sqnr_db_by_kind
 
-__all__ = ["Int8Report", "Int8Result"]
+__all__ = ["Int8Report", "Int8Result", "output_error"]
+
+
+def output_error(fp32: np.ndarray, int8: np.ndarray) -> float:
+    """The relative L2 distance of ``int8``'s outputs from ``fp32``'s."""
+    reference = float(np.linalg.norm(fp32))
+    return float(np.linalg.norm(int8 - fp32)) / max(reference, 1e-30)
 
 
 @dataclass
 class Int8Report:
-    """What int8 costs and gains next to fp32, on the same images and machine."""
+    """What int8 costs and gains next to fp32, on the same images and machine.
+    ``output_error`` is the relative L2 distance of the int8 file's logits from fp32's over all
+    the images (``||int8 - fp32|| / ||fp32||``)."""
 
     fp32_bytes: int
     int8_bytes: int
@@ -26,6 +36,7 @@ class Int8Report:
     fp32_top1: float | None
     int8_top1: float | None
     threads: int
+    output_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

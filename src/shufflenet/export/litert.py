@@ -1,7 +1,8 @@
 """LiteRT (TensorFlow Lite): a ``.tflite`` file converted by litert-torch from the shuffle-free
 graph, its metadata inside the file, run in LiteRT's interpreter (:data:`LITERT_RUNTIME`, the one
 place that imports it); int8 by PyTorch 2 export quantization (full-integer: int8 weights,
-activations, input and output).
+activations, input and output; the calibration method, per-tensor weights and layers kept in float
+as :class:`~shufflenet.export.Int8Options` chooses).
 
 The file takes NHWC float32 images (the layout of Android bitmaps and of every TFLite image
 model; the graph is NHWC inside, so the layout costs nothing), a fixed batch, and records the
@@ -35,6 +36,8 @@ from .edge import (
     graph_int8,
     pt2e_calibrated,
 )
+from .int8_options import Int8Options
+from .int8_pt2e import FloatLayers, pt2e_config
 from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .xnnpack import strided_splits_as_slices
 
@@ -52,6 +55,7 @@ __all__ = [
     "read_tflite_metadata",
     "to_tflite",
     "to_tflite_int8",
+    "to_tflite_pt2e",
     "verify_litert",
 ]
 
@@ -242,12 +246,8 @@ def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-# What the int8 file's metadata says of its quantization.
-LITERT_INT8 = {
-    "method": "PT2E (litert-torch PT2EQuantizer), full-integer",
-    "weights": "int8 symmetric per-channel",
-    "activations": "int8 per-tensor, histogram calibration",
-}
+# The quantizer the int8 file's metadata names.
+LITERT_INT8 = "PT2E (litert-torch PT2EQuantizer), full-integer"
 
 
 def to_tflite_int8(
@@ -255,23 +255,47 @@ def to_tflite_int8(
     example: Tensor,
     calibration: Tensor,
     metadata: dict[str, Any] | None = None,
+    int8: Int8Options | None = None,
+    float_layers: Sequence[str] = (),
+    model: nn.Module | None = None,
 ) -> bytes:
     """Any ``module`` that takes NCHW images as full-integer int8 ``.tflite`` bytes: litert-torch's
-    PT2E quantizer (int8 weights symmetric per output channel, int8 activations from histogram
-    calibration on the NCHW ``calibration`` images), lowered at ``example``'s shape to int8
-    kernels with NHWC int8 input and output; ``metadata`` as in :func:`to_tflite`."""
+    PT2E quantizer (int8 weights symmetric per output channel, int8 activations calibrated on
+    the NCHW ``calibration`` images), lowered at ``example``'s shape to int8 kernels with NHWC
+    int8 input and output; ``metadata`` as in :func:`to_tflite`. ``int8`` chooses the
+    calibration method (default: histogram) and per-tensor weights; ``float_layers`` (names of
+    ``model``'s layers, resolved: see :func:`~shufflenet.export.int8_options.pick_layers`)
+    stay float."""
     pt2e = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.pt2e_quantizer")
     config = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.quant_config")
+    int8 = (int8 or Int8Options()).checked("litert")
     nhwc = EdgeGraph(_FromNHWC(module), example.permute(0, 2, 3, 1), metadata or {})
     quantizer = pt2e.PT2EQuantizer().set_global(
-        pt2e.get_symmetric_quantization_config(is_per_channel=True)
+        pt2e_config(pt2e.get_symmetric_quantization_config, int8)
     )
+    annotator = FloatLayers(quantizer, model or module, float_layers, prefix="model.")
     converted = pt2e_calibrated(
-        nhwc, quantizer, calibration.permute(0, 2, 3, 1), fold_quantize=False
+        nhwc, annotator, calibration.permute(0, 2, 3, 1), fold_quantize=False
     )
     converted.training = False  # in eval form already; litert-torch warns on the flag alone
     quant_config = config.QuantConfig(pt2e_quantizer=quantizer)
     return to_tflite(converted, nhwc.example, metadata, nhwc=False, quant_config=quant_config)
+
+
+def to_tflite_pt2e(
+    graph: nn.Module, example: Tensor, metadata: dict[str, Any] | None = None
+) -> bytes:
+    """A graph PyTorch 2 export quantization already converted (``convert_pt2e(...,
+    fold_quantize=False)``, as QAT's) as full-integer int8 ``.tflite`` bytes with its own
+    scales, at ``example``'s (NCHW) shape, taking NHWC images; ``metadata`` as in
+    :func:`to_tflite`."""
+    pt2e = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.pt2e_quantizer")
+    config = require(LITERT_EXTRA, "LiteRT int8 export", "litert_torch.quantize.quant_config")
+    quantizer = pt2e.PT2EQuantizer().set_global(  # tells the converter: static int8
+        pt2e.get_symmetric_quantization_config(is_per_channel=True)
+    )
+    quant_config = config.QuantConfig(pt2e_quantizer=quantizer)
+    return to_tflite(graph, example, metadata, quant_config=quant_config)
 
 
 LITERT_RUNTIME = Runtime(

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ from ..models.base import ShuffleNetBase
 from ..preprocessing import check_input_size
 from ..runtimes import Extra, probe, require, stdout_to_stderr
 from ..weights import error_reason, validate_metadata
-from .edge import check_edge_metadata, edge_format, edge_verifier
+from .edge import check_edge_metadata, edge_format, edge_verifier, int8_graph_options
+from .int8_options import Int8Options
 from .metadata import check_sidecar_target, model_metadata, read_onnx_metadata, read_sidecar
+from .mnn_int8 import keep_float, quantizer_config
 from .onnx import onnx_bytes, to_onnx
 from .runtime import OpenedModel, Runtime, private_copy, read_model_file
 from .spec import ExportOptions
@@ -94,9 +97,8 @@ SIDECAR_HASH = "mnn_sha256"  # the side-car's key for the SHA-256 of its .mnn fi
 _STAMP = "shufflenet:"  # a bizCode: this, then the digest of the side-car's metadata
 # What the int8 file's metadata says of its quantization.
 MNN_INT8 = {
-    "method": "MNN offline quantization (mnnquant)",
-    "weights": "int8 symmetric (MAX_ABS)",
-    "activations": "int8 per-tensor symmetric, EMA calibration",
+    "method": "MNN offline quantization (mnnquant), max-pools in float",
+    "weights": "int8 symmetric per-channel (MAX_ABS)",
 }
 
 
@@ -129,7 +131,8 @@ def _convert(
         target = Path(tmp, "model.mnn")
         command = ["-f", kind, "--modelFile", str(source.resolve()), "--MNNModel", str(target)]
         log = _run_tool(_CONVERTER, [*command, "--bizCode", biz_code, *args], tmp, "converter")
-        if "Converted Success" not in log or not target.is_file():
+        done = ("Converted Success", "has convert to MNNModel")  # from a model; from JSON
+        if not any(word in log for word in done) or not target.is_file():
             tail = log.strip().splitlines()[-4:]
             raise ValueError(f"MNN's converter failed: {' | '.join(tail)}")
         with atomic_path(path) as out:
@@ -155,19 +158,24 @@ def quantize_mnn(
     target: str | os.PathLike[str],
     calibration: Tensor,
     preprocessing: dict[str, Any],
+    int8: Int8Options | None = None,
+    float_layers: Sequence[str] = (),
+    model: nn.Module | None = None,
+    biz_code: str = "shufflenet",
 ) -> Path:
-    """MNN's offline quantizer on the fp32 ``.mnn`` file ``source``: int8 weights (MAX_ABS)
-    and activations (ranges by exponential moving average over the ``calibration`` images),
-    written to ``target``. EMA, as MNN's guide advises for small calibration sets (its KL and
-    ADMM methods agreed less with fp32, or crashed). MNN quantizes activations symmetrically
-    (-127..127), so ReLU outputs use half of the grid: it agrees less with fp32 than LiteRT's or
-    ExecuTorch's int8, which use asymmetric activations (the README has the numbers).
+    """MNN's offline quantizer on the fp32 ``.mnn`` file ``source``, written to ``target``
+    (its ``bizCode``: ``biz_code``): int8 weights per output channel (MAX_ABS), int8
+    activations with ranges by ``int8.method`` over the ``calibration`` images (``ema``:
+    moving average over batches of 64; ``entropy``: MNN's KL). Its max-pools and
+    ``float_layers`` (names of ``model``'s layers, resolved) stay float
+    (:mod:`~shufflenet.export.mnn_int8` says why the max-pools).
 
     The quantizer reads image files and makes the input itself (``(pixel - mean) * normal`` in
     a channel order): the calibration images (NCHW, through ``preprocessing`` already) are
     written back to PNG files, and ``preprocessing`` becomes its mean, normal and format.
     """
     require(MNN_EXTRA, "MNN int8 export")
+    int8 = (int8 or Int8Options()).checked("mnn")
     pre = preprocessing
     channels = calibration.shape[1]
     if channels not in (1, 3):
@@ -175,35 +183,30 @@ def quantize_mnn(
     mean = torch.tensor(pre["mean"][:channels]).view(1, -1, 1, 1)
     std = torch.tensor(pre["std"][:channels]).view(1, -1, 1, 1)
     pixels = ((calibration * std + mean) / pre["scale"]).round().clamp(0, 255).to(torch.uint8)
-    order = "GRAY" if channels == 1 else pre.get("channel_order", "RGB")
-    if order == "BGR":  # the image files are RGB; MNN swaps them back
+    if channels == 3 and pre.get("channel_order", "RGB") == "BGR":  # files are RGB
         pixels = pixels.flip(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, "images")
         folder.mkdir()
         for i, image in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
             Image.fromarray(image.squeeze(-1) if channels == 1 else image).save(folder / f"{i}.png")
-        height, width = calibration.shape[2:]
-        config = {
-            "format": order,
-            "mean": [m / pre["scale"] for m in pre["mean"][:channels]],
-            "normal": [pre["scale"] / s for s in pre["std"][:channels]],
-            "width": int(width),
-            "height": int(height),
-            "path": str(folder) + os.sep,
-            "used_image_num": len(calibration),
-            "feature_quantize_method": "EMA",
-            "weight_quantize_method": "MAX_ABS",
-        }
+        size = calibration.shape[2:]
+        config = quantizer_config(pre, channels, size, str(folder) + os.sep, len(pixels), int8)
         write_json(Path(tmp, "config.json"), config)
         out = Path(tmp, "int8.mnn")
         source = Path(source).resolve()  # the tool runs in ``tmp``
         _run_tool(_QUANTIZER, [str(source), str(out), "config.json"], tmp, "quantizer")
         if not out.is_file():
             raise ValueError("MNN's quantizer wrote no file")
-        with atomic_path(target) as tmp_target:
-            shutil.copyfile(out, tmp_target)
-    return Path(target)
+        nets = []
+        for name, path in (("int8", out), ("fp32", source)):
+            dump = ["-f", "MNN", "--modelFile", str(path), "--JsonFile", f"{name}.json"]
+            _run_tool(_CONVERTER, dump, tmp, "converter")
+            nets.append(json.loads(Path(tmp, f"{name}.json").read_text()))
+        keep_float(nets[0], nets[1], model, float_layers)
+        nets[0]["bizCode"] = biz_code  # read from the JSON, not from --bizCode
+        write_json(Path(tmp, "edited.json"), nets[0])
+        return _convert(Path(tmp, "edited.json"), "JSON", target, biz_code)
 
 
 def _digest(metadata: dict[str, Any]) -> str:
@@ -388,20 +391,36 @@ def _write_int8(
     model: ShuffleNetBase, path: Path, target: Path, options: ExportOptions, calibration: Tensor
 ) -> dict[str, Any]:
     """The int8 ``target`` (and its side-car JSON): :func:`quantize_mnn` of the fp32 file at
-    ``path``, written by :func:`export_mnn` already, stamped with its own metadata's digest;
-    returns its ``quantization`` record."""
-    model_path, sidecar = mnn_paths(path)
+    ``path``, written by :func:`export_mnn` already (or of the plain graph, exported here,
+    where a float layer needs it), stamped with its own metadata's digest; returns its
+    ``quantization`` record."""
     quantized, quantized_sidecar = mnn_paths(target)
     check_sidecar_target(quantized_sidecar)
-    metadata = read_sidecar(sidecar)
-    metadata.pop(SIDECAR_HASH, None)
-    metadata["quantization"] = {**MNN_INT8, "calibration_images": len(calibration)}
+    graph_options, int8, layers = int8_graph_options(model, options, MNN_RUNTIME)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp, "int8.mnn")
-        quantize_mnn(model_path, raw, calibration, metadata["preprocessing"])
-        _convert(raw, "MNN", quantized, _STAMP + _digest(metadata))  # the quantizer drops it
+        if graph_options.fastpath is None and options.fastpath is not None:
+            path = export_mnn(model, Path(tmp, "plain.mnn"), graph_options)[0]
+        model_path, sidecar = mnn_paths(path)
+        metadata = read_sidecar(sidecar)
+        metadata.pop(SIDECAR_HASH, None)
+        record = metadata["quantization"] = {
+            **MNN_INT8,
+            "activations": f"int8 per-tensor asymmetric, {int8.method} calibration",
+            "calibration_images": len(calibration),
+            **int8.record("mnn", layers),
+        }
+        quantize_mnn(
+            model_path,
+            quantized,
+            calibration,
+            metadata["preprocessing"],
+            int8,
+            layers,
+            model,
+            _STAMP + _digest(metadata),
+        )
     _write_sidecar(quantized_sidecar, quantized, metadata)
-    return metadata["quantization"]
+    return record
 
 
 def _to_file(module: nn.Module, example: Tensor, folder: Path) -> Path:

@@ -220,6 +220,7 @@ def _quantize(
         weights=options.int8_weights,
         plain=path.read_bytes() if options.fastpath is None else None,
         data=data,
+        int8=options.int8,
     )
 
 

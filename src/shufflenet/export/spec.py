@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import Tensor
 from ..deploy.fastpath import FastPathOptions
 from ..models.base import ShuffleNetBase
 from ..verification import Verification
+from .int8_options import Int8Options
 from .runtime import Runtime
 
 __all__ = ["ExportFormat", "ExportOptions"]
@@ -29,6 +30,7 @@ class ExportOptions:
     input_size: Sequence[int] | None  # None: the model's preprocessing's
     fastpath: FastPathOptions | None  # the ONNX graph layout, None for the plain graph
     int8_weights: str = "auto"  # the int8 weight type, where the format's int8 has a choice
+    int8: Int8Options = field(default_factory=Int8Options)  # calibration, float layers
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
