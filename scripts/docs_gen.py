@@ -171,8 +171,28 @@ def _bench(data: dict[str, Any]) -> list[str]:
     return [_benchmark_module("bench_table.py").markdown(data)]
 
 
+def _int8_accuracy(data: dict[str, Any]) -> list[str]:
+    return [_benchmark_module("int8_accuracy.py").markdown(data)]
+
+
 def _guidelines(data: dict[str, Any]) -> list[str]:
     return [_benchmark_module("guidelines_table.py").markdown(data)]
+
+
+def _recipe_ablation(data: dict[str, Any]) -> list[str]:
+    s = data["settings"]
+    runs = ", ".join(
+        f"{n}: {d['epochs']} epochs at {d['image_size']} px" for n, d in s["data"].items()
+    )
+    first = ", ".join(f"{n} {100 * r['top1']:.1f}%" for n, r in data["first"].items())
+    return [
+        f"{s['model']}, batch {s['batch_size']}, {runs}; val top-1 in %, mean ± standard "
+        f"deviation over {s['seeds']} seeds (min..max). Trained first, seed 0 (val top-1): "
+        f"{first}.",
+        "",
+        _benchmark_module("recipe_ablation.py").markdown(data),
+        *(f"\n{note}" for note in data.get("notes", [])),
+    ]
 
 
 def _edge(data: dict[str, Any]) -> list[str]:
@@ -337,6 +357,37 @@ def _curves(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _predict_throughput(data: dict[str, Any]) -> list[str]:
+    cfg, cases, close = data["config"], data["cases"], data["closeness"]
+    today = cases["today"]["images_per_s"]
+    decode = {
+        case.split(", ")[1]: r["images_per_s"]
+        for case, r in cases.items()
+        if case.startswith("decode")
+    }
+    lines = [
+        f"Model {cfg['model']} (random weights), {cfg['images']} JPEGs of {cfg['sizes'][0]} to "
+        f"{cfg['sizes'][-1]} px; images/s over the whole call, the model's open included (Ray: "
+        "its instance's start left out, in brackets), one run each in a fresh process. Load "
+        "average (others' work on the same CPUs) "
+        f"{data['load']['start']} at the start, {data['load']['end']} at the end. The fast "
+        f"decoder's model inputs differ from today's by {close['mean_abs_diff']:.2f} pixel "
+        f"steps (of 255) on average, {close['p99_abs_diff']:.1f} at the 99th percentile "
+        f"({close['images']} images).",
+        "",
+        "| case | images/s | vs today | vs decoding alone, same workers |",
+        "|---|---|---|---|",
+    ]
+    for case, r in cases.items():
+        ips = r["images_per_s"]
+        workers = next((w for w in decode if case.endswith(w)), None)
+        alone = workers is None or case.startswith("decode")
+        bound = "" if alone else f"{ips / decode[workers]:.2f}"
+        start = f" [{r['ray_start_s']:.1f} s]" if "ray_start_s" in r else ""
+        lines.append(f"| {case}{start} | {ips:.1f} | {ips / today:.2f}x | {bound} |")
+    return lines
+
+
 # (results file, title, benchmark script that writes it, table renderer)
 SECTIONS = [
     ("bench.json", "Inference speed vs torchvision and the baselines", "bench_table.py", _bench),
@@ -356,6 +407,7 @@ SECTIONS = [
         _train_speed,
     ),
     ("fast_training_curves.json", "Fast training form: curves", "fast_training_curves.py", _curves),
+    ("recipe_ablation.json", "Training recipe ablation", "recipe_ablation.py", _recipe_ablation),
     ("open_cost.json", "Opening an exported file in a child process", "open_cost.py", _open_cost),
     ("cpu_inference_1.json", "Fast inference, run 1", "cpu_inference.py", _cpu_inference),
     ("cpu_inference_2.json", "Fast inference, run 2", "cpu_inference.py", _cpu_inference),
@@ -368,10 +420,22 @@ SECTIONS = [
         _int8,
     ),
     (
+        "int8_accuracy.json",
+        "int8 accuracy: calibration methods, float layers and QAT per runtime",
+        "int8_accuracy.py",
+        _int8_accuracy,
+    ),
+    (
         "guidelines/guidelines.json",
         "ShuffleNet V2's guidelines G1-G4",
         "guidelines_table.py",
         _guidelines,
+    ),
+    (
+        "predict_throughput.json",
+        "Prediction throughput over a folder of photos",
+        "predict_throughput.py",
+        _predict_throughput,
     ),
 ]
 

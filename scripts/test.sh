@@ -6,7 +6,9 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+# two pytest-xdist workers, one per core, each test file on one worker (its module fixtures built
+# once); arguments after the script name go to pytest (-n 0: one process)
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
 # The docs site, strictly (mkdocs.yml: any warning or broken link fails), into a temporary folder
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT

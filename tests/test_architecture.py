@@ -16,17 +16,20 @@ LAYERS = {
     "train": 4,
     "speed": 4,
     "predict": 4,
+    "stream": 4,
     "export": 3,
-    "convert": 3,
     "evaluate": 3,
     "deploy": 2,
+    "convert": 2,  # foreign checkpoints in: the hub converts with it
+    "mmpretrain_keys": 2,
+    "hub": 2,  # published weights by name; the public API exports it
     "models": 1,
     "weights": 1,
     "data": 1,
     "folders": 1,
     "complexity": 1,
     "plots": 1,
-    "shufflenet": 2,  # the public API: re-exports models, weights, complexity
+    "shufflenet": 2,  # the public API: re-exports models, weights, complexity, hub
     "ops": 2,  # shufflenet.ops: re-exports models.ops
     "preprocessing": 0,
     "device": 0,
