@@ -38,8 +38,8 @@ __all__ = [
 # ``auto``, the best-measured on this project's benchmark (docs/deployment/int8.md).
 CALIB_METHODS: dict[str, dict[str, str]] = {
     "onnxruntime": {
-        "minmax": "CalibrationMethod.MinMax: the smallest and largest value seen",
         "percentile": "CalibrationMethod.Percentile: 99.999th percentile of |x|",
+        "minmax": "CalibrationMethod.MinMax: the smallest and largest value seen",
         "entropy": "CalibrationMethod.Entropy: the clip that minimises the KL divergence",
     },
     "litert": {
