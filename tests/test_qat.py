@@ -46,6 +46,9 @@ def test_qat_refuses_what_it_cannot_train(tmp_path):
             TrainConfig(**base, init_weights=str(init), **extra).validated()
     config = TrainConfig(**base, init_weights=str(init)).validated()
     assert config.ema_decay == 0.0 and config.bn_recalibrate == 0
+    # auto takes the qat recipe: a fiftieth of the fine-tuning rate
+    plain = TrainConfig(**{**base, "qat": False}, init_weights=str(init)).validated()
+    assert config.lr == pytest.approx(plain.lr / 50) and config.warmup_epochs == 0
 
 
 @pytest.fixture(scope="module")

@@ -158,9 +158,9 @@ def add_parsers(sub: Any) -> None:
     # The recipe fills every option below that is left out (default: the recipe's).
     opt(
         "--recipe",
-        choices=("auto", "paper", "torchvision", "finetune"),
-        help="the settings that options left out take; auto (default): chosen by the data and "
-        "whether the run starts from weights (docs: Training, Recipes)",
+        choices=("auto", "paper", "torchvision", "finetune", "qat"),
+        help="the settings that options left out take; auto (default): qat with --qat, else "
+        "chosen by the data and whether the run starts from weights (docs: Training, Recipes)",
     )
     opt(
         "--lr",

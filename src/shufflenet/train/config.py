@@ -182,7 +182,7 @@ class TrainConfig:
             size = DIGITS_IMAGE_SIZE if self.data == DIGITS else FOLDER_IMAGE_SIZE
         check_input_size(size, "image_size")
         name = choose_recipe(
-            self.recipe, self.data == DIGITS, bool(self.init_weights or self.pretrained)
+            self.recipe, self.data == DIGITS, bool(self.init_weights or self.pretrained), self.qat
         )
         filled = recipe_values(
             name,

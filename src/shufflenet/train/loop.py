@@ -173,7 +173,7 @@ class _Run:
         self.epochs_chosen = c.epochs is None and checkpoint is None
         saved = checkpoint["config"] if checkpoint else {}
         self.recipe = choose_recipe(
-            c.recipe, c.data == DIGITS, bool(c.init_weights or c.pretrained)
+            c.recipe, c.data == DIGITS, bool(c.init_weights or c.pretrained), c.qat
         )
         self.budget = RECIPES[self.recipe].step_budget
         self.epochs: int = (

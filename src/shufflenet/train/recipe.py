@@ -5,8 +5,10 @@ behind torchvision's ShuffleNetV2 1.5x and 2.0x weights (TrivialAugment, random 
 mixup 0.2 and cutmix 1.0, EMA of the weights, cosine decay after 5 warm-up epochs, weight decay
 2e-5, 4 repeated augmentations, training crops of 176 evaluated at 232/224, 600 epochs: 2.5
 times the paper's length, which the step budget scales by). ``finetune`` is for a start from
-weights (``init_weights``, ``pretrained``). ``auto`` picks one by the data and the start
-(:data:`AUTO`), as ``benchmarks/recipe_ablation.py`` measured. Every part is overridable: a
+weights (``init_weights``, ``pretrained``); ``qat`` for quantization-aware training, which
+nudges trained weights onto the int8 grid at a fiftieth of the others' peak rate. ``auto`` picks
+``qat`` for a QAT run, else one by the data and the start (:data:`AUTO`), as
+``benchmarks/recipe_ablation.py`` measured. Every part is overridable: a
 config field that is not ``None`` wins over the recipe.
 """
 
@@ -86,6 +88,13 @@ RECIPES: dict[str, Recipe] = {
         weight_decay=2e-5,
         ema=True,
     ),
+    "qat": Recipe(
+        "for quantization-aware training (``qat``): small steps from trained weights",
+        lr=0.01,
+        schedule="cosine",
+        warmup_epochs=0.0,
+        weight_decay=2e-5,
+    ),
 }
 
 # (digits, starts from weights) -> the recipe that ``recipe="auto"`` takes: the best of the
@@ -119,10 +128,11 @@ OVERRIDABLE = (*RECIPE_FIELDS, "lr", "ema_decay", "train_size", "val_resize", "e
 EMA_RUN_FRACTION = 0.04
 
 
-def choose_recipe(recipe: str, digits: bool, fine_tune: bool) -> str:
-    """The recipe's name: ``recipe`` itself, or for ``auto`` the one :data:`AUTO` picks."""
+def choose_recipe(recipe: str, digits: bool, fine_tune: bool, qat: bool = False) -> str:
+    """The recipe's name: ``recipe`` itself, or for ``auto`` ``qat`` for a QAT run, else the
+    one :data:`AUTO` picks."""
     if recipe == "auto":
-        return AUTO[(digits, fine_tune)]
+        return "qat" if qat else AUTO[(digits, fine_tune)]
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of auto, {', '.join(RECIPES)}, got {recipe!r}")
     return recipe
@@ -202,6 +212,8 @@ def recipe_table() -> str:
             for (digits, start), chosen in AUTO.items()
             if chosen == name
         ]
+        if name == "qat":
+            cases.append("`--qat`")
         picks.append(", ".join(cases) or "-")
     rows.append(f"| `auto` picks it for | {' | '.join(picks)} |")
     return "\n".join(rows)
@@ -216,7 +228,7 @@ def describe_recipe(config: Any, name: str, given: Sequence[str]) -> str:
     if c.recipe == "auto":
         data = "digits" if c.data == "digits" else "a folder"
         start = "weights" if c.init_weights or c.pretrained else "scratch"
-        why = f" (auto: {data}, from {start}; --recipe chooses)"
+        why = f" (auto: {'qat' if c.qat else f'{data}, from {start}'}; --recipe chooses)"
     augment = c.augment if c.augment != "auto" else ("light" if c.data == "digits" else "imagenet")
     ema = "EMA off"
     if c.ema_decay:
