@@ -62,6 +62,23 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+THREE_CLASSES = ["cat", "dog", "eel"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A V2 0.5x weights file of :data:`THREE_CLASSES` for 48x48 photos (BatchNorm and
+    classifier randomized: confident, varied predictions)."""
+    model = randomize_bn(shufflenet.create_model("shufflenet_v2_x0_5", num_classes=3))
+    with torch.no_grad():
+        model.fc.weight.normal_(0.0, 0.1)
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    preprocessing = data.make_preprocessing("x", 48)
+    return shufflenet.save(
+        model.eval(), path, class_names=THREE_CLASSES, preprocessing=preprocessing
+    )
+
+
 def varied_model(name: str, scaled_logits: bool = True, **kwargs: object) -> torch.nn.Module:
     """``name`` in eval mode with non-trivial BatchNorm statistics (:func:`randomize_bn`) and,
     with ``scaled_logits``, a classifier that gives logits of order 1, so that a wrong graph

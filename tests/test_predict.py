@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_bn
+from conftest import THREE_CLASSES as NAMES
 from PIL import Image
 
 import shufflenet
@@ -15,20 +15,7 @@ from shufflenet.export import export_onnx
 from shufflenet.predict import Predictor, class_names_of, predict
 from shufflenet.preprocessing import MEGVII_PREPROCESSING, imagenet_classes
 
-NAMES = ["cat", "dog", "eel"]
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    model = randomize_bn(shufflenet.create_model("shufflenet_v2_x0_5", num_classes=3))
-    with torch.no_grad():
-        model.fc.weight.normal_(0.0, 0.1)
-    path = tmp_path_factory.mktemp("w") / "w.safetensors"
-    return shufflenet.save(
-        model.eval(), path, class_names=NAMES, preprocessing=data.make_preprocessing("x", 48)
-    )
 
 
 @pytest.fixture

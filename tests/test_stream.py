@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import answering, digits_model, randomize_bn
+from conftest import THREE_CLASSES as NAMES
+from conftest import answering, digits_model
 from PIL import Image
 
 import shufflenet
@@ -26,21 +27,9 @@ from shufflenet.stream import iter_images, iter_predictions, predict_to_file, re
 from shufflenet.stream.decode import FastDecoder
 from shufflenet.stream.files import columns, open_writer
 
-NAMES = ["cat", "dog", "eel"]
 FORMATS = ("csv", "jsonl", "parquet")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    model = randomize_bn(shufflenet.create_model("shufflenet_v2_x0_5", num_classes=3))
-    with torch.no_grad():
-        model.fc.weight.normal_(0.0, 0.1)
-    path = tmp_path_factory.mktemp("w") / "w.safetensors"
-    return shufflenet.save(
-        model.eval(), path, class_names=NAMES, preprocessing=data.make_preprocessing("x", 48)
-    )
 
 
 def _smooth(rng, height, width):
