@@ -255,7 +255,6 @@ def test_pretrained_fine_tuning_backbones_and_bad_requests(tv_served, tv_model, 
             r"no published weights for shufflenet_v2_x0_5 from mmpretrain",
         ),
         ({"pretrained": True, "layout": "megvii"}, "default layout"),
-        ({"pretrained": True, "in_chans": 1}, "in_chans=3"),
         ({"pretrained": 1}, "pretrained must be"),
     ):
         with pytest.raises(ValueError, match=message):
@@ -269,6 +268,28 @@ def test_pretrained_through_timm_and_torch_hub(tv_served, tv_model):
     model = timm.create_model(V2, pretrained=True)
     assert torch.equal(model.fc.weight, tv_model.fc.weight)
     assert model.pretrained_cfg["crop_pct"] == pytest.approx(224 / 256)
+    # timm's pretrained registry: a tag per published file, its url and license in the cfg
+    assert {f"{V2}.torchvision", f"{MM_V2}.mmpretrain", f"{MM_V2}.torchvision"} <= set(
+        timm.list_pretrained("shufflenet*")
+    )
+    assert "shufflenet_v2_plus_small" not in timm.list_models(pretrained=True)
+    tagged = timm.create_model(f"{V2}.torchvision", pretrained=True)
+    assert torch.equal(tagged.fc.weight, tv_model.fc.weight)
+    cfg = tagged.pretrained_cfg
+    assert cfg["tag"] == "torchvision" and cfg["url"].endswith(".pth") and "BSD" in cfg["license"]
+    with pytest.raises(ValueError, match="mmpretrain"):  # V2 0.5x: torchvision's file only
+        timm.create_model(f"{V2}.mmpretrain", pretrained=True)
+    # other input channels, as timm adapts its own stems: one channel sees a grey image as the
+    # RGB network sees its three copies
+    grey = timm.create_model(V2, pretrained=True, in_chans=1, num_classes=0).eval()
+    rgb = timm.create_model(V2, pretrained=True, num_classes=0).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert rel_err(grey(x), rgb(x.expand(-1, 3, -1, -1))) < 1e-5
+    two = timm.create_model(V2, pretrained=True, in_chans=2, num_classes=5)
+    assert two.conv1[0].weight.shape[1] == 2 and two.num_classes == 5
+    feats = timm.create_model(V2, pretrained=True, features_only=True)
+    assert torch.equal(feats.conv1[0].weight, tv_model.conv1[0].weight)
     repo = str(Path(__file__).resolve().parents[1])
     model = torch.hub.load(repo, V2, source="local", pretrained=True)
     assert torch.equal(model.fc.weight, tv_model.fc.weight)

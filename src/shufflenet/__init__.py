@@ -8,6 +8,7 @@
 from .complexity import ModelProfile, profile
 from .hub import PretrainedWeights, fetch, get_pretrained, list_pretrained, load_pretrained
 from .models import ModelInfo, ShuffleNetFeatures, create_model, get_model_info, list_models
+from .models import timm_interop as _timm_interop
 from .models.v1 import ShuffleNetV1
 from .models.v2 import ShuffleNetV2
 from .ops import channel_shuffle, channel_split, concat_shuffle
@@ -38,3 +39,6 @@ __all__ = [
     "save",
 ]
 __version__ = "0.1.0"
+
+# timm models too, where timm is installed: after the hub, whose files timm's registry lists
+_timm_interop.install()

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from .convert import checkpoint_model
 from .io import atomic_path, open_regular
 from .models import create_model
@@ -406,14 +408,22 @@ def _resolve(scheme: str, host: str, port: int | None, timeout: float) -> None:
 
 
 def _check_config(entry: PretrainedWeights, config: dict[str, Any]) -> None:
-    """Published weights fit the default layout with three input channels."""
-    if config.get("in_chans", 3) != 3:
-        raise ValueError(f"{entry.tag} takes in_chans=3, got in_chans={config['in_chans']}")
+    """Published weights fit the default layout."""
     if config.get("layout") not in (None, "paper", "torchvision"):
         raise ValueError(
             f"{entry.tag} fits the default layout, not layout={config['layout']!r}; Megvii's "
             "weights load with `shufflenet convert --from megvii`"
         )
+
+
+def adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An RGB stem conv's ``weight`` for ``in_chans`` input channels, as timm adapts its own:
+    summed over RGB for one channel (a grey image gets the response its RGB copy got), else
+    RGB repeated over the channels and scaled by ``3 / in_chans``."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
 def _load_into(model: ShuffleNetBase, pretrained: str | bool) -> None:
@@ -425,6 +435,9 @@ def _load_into(model: ShuffleNetBase, pretrained: str | bool) -> None:
     path = fetch(entry)
     net, _ = checkpoint_model(path, entry.source, entry.model)
     state = net.state_dict()
+    if model.in_chans != net.in_chans:
+        key = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+        state[f"{key}.weight"] = adapt_stem(state[f"{key}.weight"], model.in_chans)
     if model.num_classes != net.num_classes:  # fine-tuning: the new classifier keeps its init
         fresh = model.state_dict()
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -453,4 +466,8 @@ def load_pretrained(
     return create_model(entry.model, pretrained=entry.source, **kwargs)
 
 
-register_pretrained_loader(_load_into)
+def _sources(model: str) -> list[PretrainedWeights]:
+    return [w for w in PRETRAINED if w.model == model]
+
+
+register_pretrained_loader(_load_into, _sources)

@@ -1,10 +1,11 @@
 """The networks: channel ops, shared blocks, the registry, and one module per family.
 
-Importing this package registers every family (a new family is a module here, imported below)
-and, where timm is installed, makes them timm models too (:mod:`.timm_interop`).
+Importing this package registers every family (a new family is a module here, imported below);
+``import shufflenet`` then makes them timm models too, where timm is installed
+(:mod:`.timm_interop`).
 """
 
-from . import timm_interop, v1, v2, v2_large, v2_plus
+from . import v1, v2, v2_large, v2_plus
 from .backbone import FeatureInfo, ShuffleNetFeatures
 from .base import AuxOutputs
 from .registry import (
@@ -31,5 +32,3 @@ __all__ = [
     "v2_large",
     "v2_plus",
 ]
-
-timm_interop.install()  # after every family has registered

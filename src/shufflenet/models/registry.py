@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 from ..preprocessing import Preprocessing
 from .backbone import ShuffleNetFeatures, apply_backbone_options
@@ -20,9 +20,11 @@ from .base import ShuffleNetBase
 
 __all__ = [
     "ModelInfo",
+    "PublishedSource",
     "create_model",
     "get_model_info",
     "list_models",
+    "published_sources",
     "register_model",
     "register_models",
     "register_pretrained_loader",
@@ -50,15 +52,44 @@ class ModelInfo:
         return None if self.paper_top1_err is None else round(100.0 - self.paper_top1_err, 2)
 
 
+class PublishedSource(Protocol):
+    """One published weights file of a model, as the timm registry lists it
+    (:class:`shufflenet.hub.PretrainedWeights` is one)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def license(self) -> str: ...
+    @property
+    def recipe_url(self) -> str: ...
+    @property
+    def preprocessing(self) -> Preprocessing: ...
+
+
 _REGISTRY: dict[str, ModelInfo] = {}
-# Loads published weights into a model built here: ``(model, source or True)``. Set by
-# :mod:`shufflenet.hub` (a higher layer) when ``shufflenet`` is imported.
+# Loads published weights into a model built here: ``(model, source or True)``, and lists a
+# model's published files. Set by :mod:`shufflenet.hub` (a higher layer) when ``shufflenet``
+# is imported.
 _pretrained_loader: list[Callable[[ShuffleNetBase, str | bool], None]] = []
+_pretrained_sources: list[Callable[[str], Sequence[PublishedSource]]] = []
 
 
-def register_pretrained_loader(loader: Callable[[ShuffleNetBase, str | bool], None]) -> None:
-    """Make ``loader`` the one that ``create_model(..., pretrained=...)`` calls."""
+def register_pretrained_loader(
+    loader: Callable[[ShuffleNetBase, str | bool], None],
+    sources: Callable[[str], Sequence[PublishedSource]],
+) -> None:
+    """Make ``loader`` the one that ``create_model(..., pretrained=...)`` calls, and
+    ``sources`` the one that lists a model's published files (its default source first)."""
     _pretrained_loader[:] = [loader]
+    _pretrained_sources[:] = [sources]
+
+
+def published_sources(name: str) -> list[PublishedSource]:
+    """The published weights files of model ``name``, its default source first (none before
+    :mod:`shufflenet.hub` is imported)."""
+    return list(_pretrained_sources[0](name)) if _pretrained_sources else []
 
 
 def register_model(info: ModelInfo) -> ModelInfo:

@@ -29,8 +29,12 @@ BGR 0-255 of V2+, V2.Large and ``layout="megvii"``: mean 0, std 1/255 in timm's 
 cfg's mean and std are in RGB order and the channels must be reversed (``x.flip(1)``) after
 timm's transforms, as the cfg's ``notes`` say; building such a model from a weights file also
 warns (``UserWarning``), since its predictions are wrong without the flip.
-``pretrained=True`` loads the published weights of :mod:`shufflenet.hub`'s table (the model's
-default source; ``ValueError`` for a model with none).
+A model with published weights (:mod:`shufflenet.hub`'s table) has a tag per source in timm's
+registry (``timm.list_pretrained("shufflenet*")``: ``shufflenet_v2_x1_0.torchvision``, ...,
+the default source first), each with the file's url, license and preprocessing;
+``pretrained=True`` loads the tag's file (the default source's without a tag; ``ValueError`` for
+a model with none). With ``in_chans`` other than 3 the stem's weights are adapted as timm
+adapts its own (summed over RGB for one channel).
 
 timm's ``global_pool`` may be ``"avg"`` (the head's average pooling) or ``""`` (none: see
 :meth:`~shufflenet.models.base.ShuffleNetBase.set_global_pool`), ``drop_path_rate`` and
@@ -64,7 +68,7 @@ from torch import nn
 
 from ..preprocessing import MEGVII_PREPROCESSING, Preprocessing, check_input_size
 from .base import ShuffleNetBase, check_global_pool
-from .registry import create_model, get_model_info, list_models
+from .registry import create_model, get_model_info, list_models, published_sources
 
 __all__ = ["install", "pretrained_cfg_for", "register_timm_models"]
 
@@ -85,6 +89,9 @@ _MAX_FRAMES = 4
 # Where timm's defaults differ from ours, by family: no auxiliary classifiers, as timm's own.
 _TIMM_DEFAULTS: dict[str, dict[str, Any]] = {"v2_large": {"aux_logits": False}}
 FEATURE_CLASSES = ("list", "getter")
+# What a tag's cfg adds to the model's own: the file and its data cfg (not its class count).
+_FILE_KEYS = ("url", "license", "origin_url", "tag", "input_size", "crop_pct", "crop_mode",
+              "interpolation", "mean", "std")  # fmt: skip
 STRIDE = 32  # of the last feature map: every network halves the input five times
 
 
@@ -103,6 +110,28 @@ def pretrained_cfg_for(name: str, **kwargs: Any) -> dict[str, Any]:
         "description": info.description,
     }
     return cfg
+
+
+def _timm_default_cfg(name: str) -> Any:
+    """What timm's registry takes for model ``name``: its cfg, or with published weights timm's
+    ``DefaultCfg`` of one tagged cfg per source (the file's url, license, preprocessing)."""
+    cfg = pretrained_cfg_for(name)
+    sources = published_sources(name)
+    if not sources:
+        return cfg
+    from timm.models import generate_default_cfgs
+
+    tagged: dict[str, Any] = {
+        f"{name}.{w.source}": {
+            **cfg,
+            **_data_cfg(w.preprocessing, 3),
+            "url": w.url,
+            "license": w.license,
+            "origin_url": w.recipe_url,
+        }
+        for w in sources
+    }
+    return generate_default_cfgs(tagged)[name]
 
 
 def _pool_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -267,9 +296,15 @@ def _build(
     """What a timm entry point does for model ``name``: our ``create_model`` with ``kwargs``
     (less timm's options, checked), and the model's ``pretrained_cfg``: ours, or the weights
     file's given as ``checkpoint_path``, updated by timm's ``pretrained_cfg`` if it is a dict
-    or ``PretrainedCfg``, then by ``pretrained_cfg_overlay``."""
-    if pretrained:  # the published weights of shufflenet.hub's table (its default source)
-        kwargs["pretrained"] = pretrained
+    or ``PretrainedCfg``, then by ``pretrained_cfg_overlay``. A tag (``MODEL.SOURCE``: timm
+    passes ``pretrained_cfg="SOURCE"``) picks the published file that ``pretrained`` loads and
+    its cfg."""
+    tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
+    sources = published_sources(name)
+    if pretrained and tag is None and sources:
+        tag = sources[0].source  # the default source's file, and its cfg
+    if pretrained:  # the published weights of shufflenet.hub's table (the tag's source)
+        kwargs["pretrained"] = tag or pretrained
     pool = _pop_timm_options(kwargs)
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     feature_cls = _pop_feature_cls(kwargs)
@@ -292,6 +327,13 @@ def _build(
             warnings.warn(f"{path}: {name} {BGR_NOTE}", UserWarning, stacklevel=4)
     cfg["first_conv"] = _first_conv(model)
     cfg["num_classes"] = getattr(model, "num_classes", 0)  # a features_only model has none
+    if tag is not None:
+        from timm.models import get_pretrained_cfg
+
+        pretrained_cfg = get_pretrained_cfg(f"{name}.{tag}")
+        if pretrained_cfg is None:
+            raise ValueError(f"{name} has no published weights tagged {tag!r}")
+        pretrained_cfg = {k: v for k, v in pretrained_cfg.to_dict().items() if k in _FILE_KEYS}
     if hasattr(pretrained_cfg, "to_dict"):  # timm's PretrainedCfg
         pretrained_cfg = pretrained_cfg.to_dict()
     if isinstance(pretrained_cfg, dict):
@@ -320,7 +362,7 @@ def register_timm_models(names: Sequence[str] | None = None) -> list[str]:
     for name in list_models() if names is None else names:
         if name in _registered:
             continue
-        default_cfgs[name] = pretrained_cfg_for(name)
+        default_cfgs[name] = _timm_default_cfg(name)
         entry = globals()[name] = _entry(name)
         register_model(entry)
         _registered.add(name)
