@@ -4,16 +4,20 @@ with each calibration method, with the stem and the classifier kept in float, an
     python benchmarks/int8_accuracy.py [--models shufflenet_v2_x0_5,shufflenet_v2_x1_0,...]
                                        [--runtimes onnxruntime,litert,executorch,mnn]
                                        [--weights-dir runs/int8] [--qat-epochs 3]
-                                       [--json benchmarks/results/int8_accuracy.json]
+                                       [--data digits|photos]
+                                       [--json benchmarks/results/int8_accuracy[_photos].json]
 
-Each model is trained on the embedded digits (64x64) as ``shufflenet train MODEL --data digits
---fast`` does (into ``--weights-dir``, reused when there), then exported to each runtime's
+Each model is trained (into ``--weights-dir``, reused when there) on ``--data``: the embedded
+digits (64x64) as ``shufflenet train MODEL --data digits --fast`` does, or ``photos``, a folder
+of 12 classes cut from the photos that scikit-learn and Matplotlib ship
+(``benchmarks/photo_folder.py``: 480 training and 240 validation crops, seen at 48x48, 30
+epochs with ``--fast``), then exported to each runtime's
 format with ``export_model`` and quantized by that format's int8 export: every calibration
-method of the runtime (``CALIB_METHODS``) on 256 calibration images, and its default method
+method of the runtime (``CALIB_METHODS``) on up to 256 calibration images, and its default method
 with ``first,last`` kept in float; then ``--qat-epochs`` of quantization-aware training from
 the float weights (``train --qat``) and its int8 files (``export --int8-qat``: the learned
 ranges in ONNX Runtime, LiteRT and ExecuTorch; MNN calibrates the QAT weights). Every int8 file
-runs on the 360 validation images: its top-1 agreement with the float model (PyTorch), its
+runs on the validation images: its top-1 agreement with the float model (PyTorch), its
 top-1 and the relative L2 error of its logits, and its speed against its fp32 file (batch 1,
 one thread, the median of 3 rounds of 50 runs, the two interleaved; above 1: int8 faster).
 
@@ -42,9 +46,13 @@ from shufflenet.export.spec import ExportOptions
 from shufflenet.io import write_json
 from shufflenet.speed.bench import machine_info
 from shufflenet.train import TrainConfig, fit
+from shufflenet.train.files import read_checkpoint
 from shufflenet.train.qat import export_qat
+from shufflenet.train.recipe import choose_recipe
 
 MODELS = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0")
+# --data -> (the folder's name under --weights-dir, image size and epochs; None: train's default)
+DATA = {"digits": (None, None), "photos": (48, 30)}
 FORMAT_OF = {"onnxruntime": "onnx", "litert": "litert", "executorch": "executorch", "mnn": "mnn"}
 SUFFIX = {"onnx": ".onnx", "litert": ".tflite", "executorch": ".pte", "mnn": ".mnn"}
 
@@ -59,11 +67,33 @@ def _installed(runtime: str) -> bool:
     return installed(extra)
 
 
-def _trained(name: str, folder: Path, log: Any) -> Path:
-    """The digits weights of ``name`` in ``folder``, trained there if missing."""
-    run = folder / name
+def _source(data: str, folder: Path) -> str:
+    """``TrainConfig.data`` (and the calibration set) for ``--data``: the photo folder is built
+    in ``folder`` when missing."""
+    if data == "digits":
+        return data
+    from photo_folder import build_photos  # benchmarks/, next to this script
+
+    root = folder / "photos-data"
+    if not (root / "val").is_dir():
+        build_photos(root, train=40, val=20)
+    return str(root)
+
+
+def _run_dir(folder: Path, data: str, name: str) -> Path:
+    return folder / (name if data == "digits" else f"{data}-{name}")
+
+
+def _trained(name: str, folder: Path, data: str, log: Any) -> Path:
+    """The weights of ``name`` trained on ``data``, in ``folder``, trained there if missing."""
+    run = _run_dir(folder, data, name)
     if not (run / "model.safetensors").is_file():
-        fit(TrainConfig(model=name, fast=True, out=str(run), threads=1, progress=False), log=log)
+        size, epochs = DATA[data]
+        config = TrainConfig(
+            model=name, data=_source(data, folder), image_size=size, epochs=epochs, fast=True,
+            out=str(run), threads=1, progress=False,
+        )  # fmt: skip
+        fit(config, log=log)
     return run / "model.safetensors"
 
 
@@ -92,11 +122,12 @@ def _row(
 
 
 def measure(
-    name: str, runtimes: list[str], folder: Path, qat_epochs: int, log: Any
+    name: str, runtimes: list[str], folder: Path, qat_epochs: int, source: str, log: Any
 ) -> dict[str, Any]:
-    weights = _trained(name, folder, log)
+    weights = _trained(name, folder, source, log)
     model = shufflenet.load(weights).eval()
-    data = model_calibration_data(model, "digits")
+    calib = _source(source, folder)
+    data = model_calibration_data(model, calib)
     _, images, labels_t = data
     labels = labels_t.numpy()
     with torch.no_grad():
@@ -116,16 +147,18 @@ def measure(
                 start = time.perf_counter()
                 int8 = Int8Options(method, float_layers=tuple(layers))
                 options = ExportOptions(DEFAULT_OPSET, None, None, ONNXRUNTIME, int8=int8)
-                result = spec.quantize(model, path, "digits", options, data)
+                result = spec.quantize(model, path, calib, options, data)
                 rows.append(_row(runtime, "PTQ", method, layers, result, reference, images, labels))
                 log(f"{name} {runtime} PTQ {method} {layers}: {rows[-1]['agreement']:.4f} "
                     f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
         qat = {}
         if qat_epochs:
-            run = folder / f"{name}-qat{qat_epochs}"
+            run = _run_dir(folder, source, f"{name}-qat{qat_epochs}")
             if not (run / "model.safetensors").is_file():
                 config = TrainConfig(
                     model=name,
+                    data=calib,
+                    image_size=DATA[source][0],
                     init_weights=str(weights),
                     qat=True,
                     epochs=qat_epochs,
@@ -139,14 +172,13 @@ def measure(
                 qat_logits = qat_model(images).numpy()
             qat = {
                 "epochs": qat_epochs,
+                "recipe": _recipe(read_checkpoint(run / "checkpoint.pt")["config"]),
                 "float_top1": float((qat_logits.argmax(1) == labels).mean()),
             }
             for runtime in runtimes:
                 fmt = FORMAT_OF[runtime]
                 start = time.perf_counter()
-                result = export_qat(
-                    run, Path(tmp, f"qat-{runtime}{SUFFIX[fmt]}"), fmt, calib="digits"
-                )
+                result = export_qat(run, Path(tmp, f"qat-{runtime}{SUFFIX[fmt]}"), fmt, calib=calib)
                 method = "ema" if runtime == "mnn" else "learned"
                 rows.append(
                     _row(runtime, "QAT", method, (), result.int8, reference, images, labels)
@@ -160,6 +192,12 @@ def measure(
     }
 
 
+def _recipe(config: dict[str, Any]) -> str:
+    """The recipe a run's saved config trained with."""
+    digits = config["data"] == "digits"
+    return choose_recipe(config["recipe"], digits, True, bool(config.get("qat")))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runtimes = [r for r in args.runtimes.split(",") if _installed(r)]
     folder = Path(args.weights_dir)
@@ -167,13 +205,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     results = {}
     for name in args.models.split(","):
-        results[name] = measure(name, runtimes, folder, args.qat_epochs, _log)
+        results[name] = measure(name, runtimes, folder, args.qat_epochs, args.data, _log)
+    calib, images, _ = model_calibration_data(
+        shufflenet.load(_trained(name, folder, args.data, _log)), _source(args.data, folder)
+    )
     return {
         "machine": machine_info("cpu"),
         "config": {
-            "data": "digits (64x64)",
-            "calibration_images": 256,
-            "evaluation_images": 360,
+            "data": {
+                "digits": "digits (64x64)",
+                "photos": "photos (12 classes from package-shipped photos, 48x48)",
+            }[args.data],
+            "calibration_images": len(calib),
+            "evaluation_images": len(images),
             "threads": 1,
             "runtimes": runtimes,
             "qat_epochs": args.qat_epochs,
@@ -193,7 +237,9 @@ def _pct(x: float) -> str:
 def markdown(data: dict[str, Any]) -> str:
     """The results as one table per model."""
     lines = [
-        "Agreement and top-1 on the 360 digits validation images; top-1 change in points "
+        f"Data: {data['config']['data']}; {data['config']['calibration_images']} calibration "
+        f"images. Agreement and top-1 on the {data['config']['evaluation_images']} validation "
+        "images; top-1 change in points "
         "against the float model; logit error: relative L2 distance from the float model's "
         "logits; speed: fp32 file time over int8 file time (batch 1, one thread; above 1: "
         "int8 faster).",
@@ -201,7 +247,10 @@ def markdown(data: dict[str, Any]) -> str:
     for name, result in data["models"].items():
         qat = result["qat"]
         note = (
-            f", QAT float net {_pct(qat['float_top1'])} after {qat['epochs']} epochs" if qat else ""
+            f", QAT float net {_pct(qat['float_top1'])} after {qat['epochs']} epochs "
+            f"(recipe {qat.get('recipe', 'finetune')})"
+            if qat
+            else ""
         )
         lines += [
             "",
@@ -228,10 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default=",".join(FORMAT_OF))
     parser.add_argument("--weights-dir", default="runs/int8")
     parser.add_argument("--qat-epochs", type=int, default=3)
-    parser.add_argument("--json", default="benchmarks/results/int8_accuracy.json")
+    parser.add_argument("--data", choices=tuple(DATA), default="digits")
+    parser.add_argument("--json", help="default: benchmarks/results/int8_accuracy[_photos].json")
     args = parser.parse_args(argv)
     data = run(args)
-    write_json(Path(args.json), data)
+    suffix = "" if args.data == "digits" else f"_{args.data}"
+    write_json(Path(args.json or f"benchmarks/results/int8_accuracy{suffix}.json"), data)
     print(markdown(data))
     return 0
 

@@ -16,11 +16,11 @@ The data, built from images that installed packages ship (nothing is downloaded)
 
 * ``digits``: scikit-learn's 8x8 digits at 32x32 (1,437 train / 360 val), 5 epochs of 44 steps.
 * ``photos``: a folder assembled from the three photos that scikit-learn and Matplotlib ship
-  (``china.jpg``, ``flower.jpg``, ``grace_hopper.jpg``): each photo's four quadrants are 12
-  classes; training crops (20 per class) come from the left 60% of a quadrant, validation crops
-  (10 per class) from the right 40%, so the val images show other content than the training
-  ones. Crops are squares of 50-90% of the region's shorter side, stored at 72x72; the models
-  see 48x48. 30 epochs of 7 steps.
+  (``china.jpg``, ``flower.jpg``, ``grace_hopper.jpg``; ``photo_folder.py``): each photo's four
+  quadrants are 12 classes; training crops (20 per class) come from the left 60% of a
+  quadrant, validation crops (10 per class) from the right 40%, so the val images show other
+  content than the training ones. Crops are squares of 50-90% of the region's shorter side,
+  stored at 72x72; the models see 48x48. 30 epochs of 7 steps.
 * ``icons``: the stand-in for published weights, trained on another data set: the 74 icons of
   the Adwaita theme at 512 px (``/usr/share/icons/Adwaita/512x512``), one class each, 16
   training and 4 validation views per icon (random crops on random backgrounds), 10 epochs.
@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from photo_folder import PHOTO_SIZE, build_photos
+
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_ablation.json"
 ICONS = Path("/usr/share/icons/Adwaita/512x512")
 MODEL = "shufflenet_v2_x0_5"
 TEACHER = "shufflenet_v2_x1_0"
-PHOTO_SIZE = 72
 DIGITS_EPOCHS, PHOTO_EPOCHS, ICON_EPOCHS = 5, 30, 10
 
 
@@ -97,46 +98,6 @@ ROWS = [
 
 
 # -- data ------------------------------------------------------------------------------------
-def _photos() -> list[Any]:
-    import matplotlib
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    images = [Image.fromarray(a) for a in load_sample_images().images]
-    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    images.append(Image.open(hopper).convert("RGB"))
-    return images
-
-
-def _crop(image: Any, box: tuple[int, int, int, int], rng: Any) -> Any:
-    left, top, right, bottom = box
-    short = min(right - left, bottom - top)
-    side = int(short * rng.uniform(0.5, 0.9))
-    x = rng.randint(left, right - side)
-    y = rng.randint(top, bottom - side)
-    return image.crop((x, y, x + side, y + side)).resize((PHOTO_SIZE, PHOTO_SIZE))
-
-
-def build_photos(root: Path, train: int = 20, val: int = 10) -> Path:
-    """The 12-class photo folder (see the module's docstring)."""
-    import random
-
-    rng = random.Random(0)
-    for p, image in enumerate(_photos()):
-        w, h = image.size
-        for q, (qx, qy) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
-            left, top = qx * w // 2, qy * h // 2
-            right, bottom = left + w // 2, top + h // 2
-            split_x = left + (right - left) * 3 // 5
-            regions = {"train": (left, top, split_x, bottom), "val": (split_x, top, right, bottom)}
-            for split, count in (("train", train), ("val", val)):
-                folder = root / split / f"photo{p}_q{q}"
-                folder.mkdir(parents=True, exist_ok=True)
-                for i in range(count):
-                    _crop(image, regions[split], rng).save(folder / f"{i}.jpg", quality=90)
-    return root
-
-
 def build_icons(root: Path, train: int = 16, val: int = 4) -> Path:
     """One class per Adwaita icon: random crops composed on random solid backgrounds."""
     import random

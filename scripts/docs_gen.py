@@ -160,6 +160,8 @@ def _span(d: dict[str, float], scale: float = 1.0, fmt: str = ".2f") -> str:
 def _benchmark_module(script: str) -> Any:
     """A benchmark script imported as a module, to reuse its table renderer."""
     path = ROOT / "benchmarks" / script
+    if str(path.parent) not in sys.path:  # the scripts import their shared modules
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

@@ -7,8 +7,9 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # two pytest-xdist workers, one per core, each test file on one worker (its module fixtures built
-# once); arguments after the script name go to pytest (-n 0: one process)
-.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
+# once), the 20 slowest listed at the end; arguments after the script name go to pytest (-n 0:
+# one process)
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=20 "$@"
 # The docs site, strictly (mkdocs.yml: any warning or broken link fails), into a temporary folder
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
