@@ -428,6 +428,12 @@ SECTIONS = [
         _int8_accuracy,
     ),
     (
+        "int8_accuracy_photos.json",
+        "int8 accuracy on photos: calibration methods, float layers and QAT per runtime",
+        "int8_accuracy.py",
+        _int8_accuracy,
+    ),
+    (
         "guidelines/guidelines.json",
         "ShuffleNet V2's guidelines G1-G4",
         "guidelines_table.py",
