@@ -105,22 +105,25 @@ def test_qat_resume_is_exact(run, init, tmp_path):
     assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
 
 
-def _fake_quant_logits(run, images):
+@pytest.fixture(scope="module")
+def fake_quant(run):
+    """The digits evaluation images, their labels and the logits of the run's fake-quantized
+    network, rebuilt from its checkpoint."""
     checkpoint = read_checkpoint(run / "checkpoint.pt")
     state = checkpoint["optimizer"]["qat"]
     model = shufflenet.load(run / "model.safetensors")
+    _, images, labels = model_calibration_data(model, "digits")
     net = QATNet(model.train(), 32, state["total"])
     net.load_state_dict(checkpoint["model"])
     net.load_graph_state(state)
     with torch.no_grad():
-        return net.eval()(images).numpy()
+        return images, labels, net.eval()(images).numpy()
 
 
 @pytest.mark.slow
-def test_qat_int8_files_compute_the_fake_quantized_network(run, tmp_path):
-    model, graph = qat_int8(run)
-    _, images, labels = model_calibration_data(model, "digits")
-    fake = _fake_quant_logits(run, images)
+def test_qat_int8_files_compute_the_fake_quantized_network(run, fake_quant, tmp_path):
+    _, graph = qat_int8(run)
+    images, labels, fake = fake_quant
     with torch.no_grad():
         converted = graph(images).numpy()
     assert (converted.argmax(1) == fake.argmax(1)).mean() >= 0.99
@@ -134,14 +137,12 @@ def test_qat_int8_files_compute_the_fake_quantized_network(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_executorch_file_keeps_the_learned_ranges(run, tmp_path):
+def test_qat_executorch_file_keeps_the_learned_ranges(run, fake_quant, tmp_path):
     from shufflenet.export.executorch import open_executorch
 
     result = export_qat(run, tmp_path / "q.pte", "executorch", calib="digits")
     assert result.passed
     opened = open_executorch(result.int8.path)
     assert opened.metadata["quantization"]["activations"].endswith("learned in training")
-    model = shufflenet.load(run / "model.safetensors")
-    _, images, _ = model_calibration_data(model, "digits")
-    fake = _fake_quant_logits(run, images)
+    images, _, fake = fake_quant
     assert (opened(images).argmax(1) == fake.argmax(1)).mean() >= 0.98
