@@ -46,7 +46,7 @@ import torch
 from .convert import checkpoint_model
 from .io import atomic_path, open_regular
 from .models import create_model
-from .models.base import ShuffleNetBase
+from .models.base import ShuffleNetBase, first_conv_name
 from .models.registry import register_pretrained_loader
 from .preprocessing import MEGVII_PREPROCESSING, Preprocessing, imagenet_classes
 from .weights import FORMAT, error_reason, load_state_dict_checked, validate_metadata
@@ -436,7 +436,7 @@ def _load_into(model: ShuffleNetBase, pretrained: str | bool) -> None:
     net, _ = checkpoint_model(path, entry.source, entry.model)
     state = net.state_dict()
     if model.in_chans != net.in_chans:
-        key = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+        key = first_conv_name(model)
         state[f"{key}.weight"] = adapt_stem(state[f"{key}.weight"], model.in_chans)
     if model.num_classes != net.num_classes:  # fine-tuning: the new classifier keeps its init
         fresh = model.state_dict()

@@ -36,6 +36,7 @@ __all__ = [
     "check_split_unit",
     "depthwise_conv",
     "feature_indices",
+    "first_conv_name",
     "make_act",
     "run_checkpointed",
     "set_norms_eval",
@@ -110,6 +111,11 @@ def feature_indices(count: int, indices: int | Sequence[int] | None) -> tuple[li
         if not chosen:
             raise ValueError("indices is empty: choose at least one feature map")
     return chosen, max(chosen)
+
+
+def first_conv_name(model: nn.Module) -> str | None:
+    """The name of ``model``'s first ``nn.Conv2d`` (its stem conv), ``None`` without one."""
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def set_norms_eval(module: nn.Module, names: tuple[str, ...]) -> None:

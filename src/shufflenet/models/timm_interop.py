@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from ..preprocessing import MEGVII_PREPROCESSING, Preprocessing, check_input_size
-from .base import ShuffleNetBase, check_global_pool
+from .base import ShuffleNetBase, check_global_pool, first_conv_name
 from .registry import create_model, get_model_info, list_models, published_sources
 
 __all__ = ["install", "pretrained_cfg_for", "register_timm_models"]
@@ -281,10 +281,6 @@ def _file_preprocessing(
     )
 
 
-def _first_conv(model: nn.Module) -> str | None:
-    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-
-
 def _build(
     name: str,
     pretrained: bool = False,
@@ -325,7 +321,7 @@ def _build(
         cfg.update(_data_cfg(pre, int(kwargs.get("in_chans", 3))))
         if pre.channel_order == "BGR":
             warnings.warn(f"{path}: {name} {BGR_NOTE}", UserWarning, stacklevel=4)
-    cfg["first_conv"] = _first_conv(model)
+    cfg["first_conv"] = first_conv_name(model)
     cfg["num_classes"] = getattr(model, "num_classes", 0)  # a features_only model has none
     if tag is not None:
         from timm.models import get_pretrained_cfg
