@@ -139,6 +139,13 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False
 
+    @property
+    def recipe_name(self) -> str:
+        """The recipe this config trains with: ``recipe``, or the one ``auto`` picks for its
+        data, its start (weights or scratch) and ``qat``."""
+        start = bool(self.init_weights or self.pretrained)
+        return choose_recipe(self.recipe, self.data == DIGITS, start, self.qat)
+
     def validated(self) -> TrainConfig:
         """A copy with ``image_size`` and ``lr`` resolved; raises ``ValueError`` naming the
         field on a bad setting (of a wrong type, out of range, or not finite)."""
@@ -181,11 +188,8 @@ class TrainConfig:
         if size is None:
             size = DIGITS_IMAGE_SIZE if self.data == DIGITS else FOLDER_IMAGE_SIZE
         check_input_size(size, "image_size")
-        name = choose_recipe(
-            self.recipe, self.data == DIGITS, bool(self.init_weights or self.pretrained), self.qat
-        )
         filled = recipe_values(
-            name,
+            self.recipe_name,
             {f.name: getattr(self, f.name) for f in fields(self)},
             batch_size=self.batch_size,
             image_size=size,

@@ -35,7 +35,7 @@ from .files import RunFiles, default_run_dir, hold_run_dir, write_checkpoint, wr
 from .model import create_run_model, training_loss
 from .progress import FitResult, StepProgress
 from .qat import QATNet
-from .recipe import OVERRIDABLE, RECIPES, choose_recipe, describe_recipe, ema_decay_for
+from .recipe import OVERRIDABLE, RECIPES, describe_recipe, ema_decay_for
 from .rng import rng_state, seed_all, seed_worker, set_rng_state
 from .sampler import RepeatSampler
 from .schedule import (
@@ -172,9 +172,7 @@ class _Run:
         self.steps_per_epoch = min(n_batches, c.limit_train_batches or n_batches)
         self.epochs_chosen = c.epochs is None and checkpoint is None
         saved = checkpoint["config"] if checkpoint else {}
-        self.recipe = choose_recipe(
-            c.recipe, c.data == DIGITS, bool(c.init_weights or c.pretrained), c.qat
-        )
+        self.recipe = c.recipe_name
         self.budget = RECIPES[self.recipe].step_budget
         self.epochs: int = (
             c.epochs or saved.get("epochs") or choose_epochs(self.steps_per_epoch, self.budget)
