@@ -48,7 +48,6 @@ from shufflenet.speed.bench import machine_info
 from shufflenet.train import TrainConfig, fit
 from shufflenet.train.files import read_checkpoint
 from shufflenet.train.qat import export_qat
-from shufflenet.train.recipe import choose_recipe
 
 MODELS = ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v1_g3_x1_0")
 # --data -> (the folder's name under --weights-dir, image size and epochs; None: train's default)
@@ -172,7 +171,9 @@ def measure(
                 qat_logits = qat_model(images).numpy()
             qat = {
                 "epochs": qat_epochs,
-                "recipe": _recipe(read_checkpoint(run / "checkpoint.pt")["config"]),
+                "recipe": TrainConfig(
+                    **read_checkpoint(run / "checkpoint.pt")["config"]
+                ).recipe_name,
                 "float_top1": float((qat_logits.argmax(1) == labels).mean()),
             }
             for runtime in runtimes:
@@ -189,13 +190,8 @@ def measure(
         "float_top1": float((reference.argmax(1) == labels).mean()),
         "qat": qat,
         "rows": rows,
+        "images": {"calibration": len(data[0]), "evaluation": len(labels)},
     }
-
-
-def _recipe(config: dict[str, Any]) -> str:
-    """The recipe a run's saved config trained with."""
-    digits = config["data"] == "digits"
-    return choose_recipe(config["recipe"], digits, True, bool(config.get("qat")))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,9 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for name in args.models.split(","):
         results[name] = measure(name, runtimes, folder, args.qat_epochs, args.data, _log)
-    calib, images, _ = model_calibration_data(
-        shufflenet.load(_trained(name, folder, args.data, _log)), _source(args.data, folder)
-    )
+    images = [r.pop("images") for r in results.values()][-1]  # the same set for every model
     return {
         "machine": machine_info("cpu"),
         "config": {
@@ -216,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "digits": "digits (64x64)",
                 "photos": "photos (12 classes from package-shipped photos, 48x48)",
             }[args.data],
-            "calibration_images": len(calib),
-            "evaluation_images": len(images),
+            "calibration_images": images["calibration"],
+            "evaluation_images": images["evaluation"],
             "threads": 1,
             "runtimes": runtimes,
             "qat_epochs": args.qat_epochs,
